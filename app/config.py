@@ -1,0 +1,253 @@
+"""One typed settings object for the whole daemon.
+
+Sources, highest first: explicit overrides (CLI flags) > ``VAPP_*`` environment
+variables (nested sections with ``__``: ``VAPP_BLOB__LISTEN``) > the TOML file
+given with ``--config`` > defaults. Defaults work unconfigured for root and for
+an unprivileged user:
+
+==========  =====================  ===========================================
+what        root                   unprivileged user
+==========  =====================  ===========================================
+state_dir   /var/lib/vapp          $XDG_DATA_HOME/vapp-core (~/.local/share/…)
+run_dir     /run/vapp              $XDG_RUNTIME_DIR/vapp, else /tmp/vapp-<uid>
+vappc       /tmp/vappc             /tmp/vappc
+==========  =====================  ===========================================
+
+Each engine owns one section model below; add fields to your own section.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from app.errors import InvalidArgument
+
+
+def _default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/vapp")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "vapp-core"
+
+
+def _default_run_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/vapp")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.access(xdg, os.W_OK):
+        return Path(xdg) / "vapp"
+    return Path(f"/tmp/vapp-{os.geteuid()}")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UpstreamSettings(Section):
+    """One upstream registry (by host name as clients write it, e.g. ``docker.io``)."""
+
+    url: str | None = None  # default https://<host>; http:// allowed for local registries
+    mirrors: list[str] = Field(default_factory=list)
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    docker_config: Path | None = None  # a docker config.json to take the auth entry from
+    ca_bundle: Path | None = None
+    insecure: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    tag_ttl_seconds: float = 300.0
+
+
+class BlobSettings(Section):
+    enabled: bool = True
+    listen: str = "127.0.0.1:5050"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    htpasswd: Path | None = None
+    default_registry: str = "docker.io"
+    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
+    quota_bytes: int = 50 * 1024**3
+    ttl_seconds: float | None = None
+    prepull: list[str] = Field(default_factory=list)
+    prepull_concurrency: int = 2
+
+
+class RuntimeSettings(Section):
+    default_runtime: Literal["native", "crun", "runc"] = "native"
+    snapshotter: Literal["auto", "overlay", "fuse-overlayfs", "copy"] = "auto"
+    pull_concurrency: int = 3
+    platform: str | None = None  # os/arch[/variant]; default: this node's
+    stop_grace_seconds: float = 10.0
+    log_max_bytes: int = 10 * 1024**2
+    log_max_files: int = 3
+
+
+class NetworkSettings(Section):
+    bridge: str = "vapp0"
+    subnet: str = "10.88.0.0/16"
+    dns_servers: list[str] = Field(default_factory=list)
+    dns_search: list[str] = Field(default_factory=list)
+    extra_hosts: dict[str, str] = Field(default_factory=dict)
+    publish_address: str = "127.0.0.1"
+
+
+class CriSettings(Section):
+    enabled: bool = True
+    socket: Path | None = None  # default <run_dir>/cri.sock
+    cni_conf_dir: Path = Path("/etc/cni/net.d")
+    cni_bin_dirs: list[Path] = Field(default_factory=lambda: [Path("/usr/lib/cni"), Path("/opt/cni/bin")])
+    sandbox_image: str | None = None
+    stream_address: str = "127.0.0.1"
+    stream_port: int = 0
+
+
+class VappcSettings(Section):
+    socket: Path = Path("/tmp/vappc")
+    vsock_port: int | None = None
+    max_line_bytes: int = 1024 * 1024
+    allowed_uids: list[int] = Field(default_factory=list)  # empty: the daemon's uid and root
+    allowed_gids: list[int] = Field(default_factory=list)
+    dns_hosts_file: Path | None = None  # default <state_dir>/dns/hosts
+
+
+class BootstrapSettings(Section):
+    intents_dir: Path | None = None  # default <state_dir>/intents
+    reconcile_interval_seconds: float = 10.0
+    cert_renew_days: int = 90
+
+
+class Settings(BaseSettings):
+    """The daemon's configuration. Paths left ``None`` are derived in :meth:`resolved`."""
+
+    model_config = SettingsConfigDict(env_prefix="VAPP_", env_nested_delimiter="__", extra="forbid")
+
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    run_dir: Path = Field(default_factory=_default_run_dir)
+    database_url: str | None = None  # default sqlite:///<state_dir>/vapp.db
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    admin_listen: str = "127.0.0.1:8420"
+    admin_token: SecretStr | None = None  # default: generated into <state_dir>/admin-token
+    socket_group: str | None = None
+    socket_mode: int = 0o660
+    shutdown_grace_seconds: float = 10.0
+
+    blob: BlobSettings = Field(default_factory=BlobSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    cri: CriSettings = Field(default_factory=CriSettings)
+    vappc: VappcSettings = Field(default_factory=VappcSettings)
+    bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _check_mode(cls, value: int) -> int:
+        if not 0 <= value <= 0o777:
+            raise ValueError("must be a file mode between 0 and 0o777")
+        return value
+
+    # --- derived paths ---------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'vapp.db'}"
+
+    @property
+    def cri_socket(self) -> Path:
+        return self.cri.socket or self.run_dir / "cri.sock"
+
+    @property
+    def content_dir(self) -> Path:
+        return self.state_dir / "content"
+
+    @property
+    def dns_hosts_file(self) -> Path:
+        return self.vappc.dns_hosts_file or self.state_dir / "dns" / "hosts"
+
+    @property
+    def intents_dir(self) -> Path:
+        return self.bootstrap.intents_dir or self.state_dir / "intents"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` too) and check the port."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port_text)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_keys() -> set[str]:
+    return {k[5:].lower().split("__", 1)[0] for k in os.environ if k.startswith("VAPP_")}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; raise :class:`InvalidArgument` naming the bad key.
+
+    The TOML file sits under the environment: a key set in both comes from the
+    environment, as operators expect when they override one value in a unit file.
+    """
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            file_values = tomllib.loads(Path(config_file).read_text())
+        except OSError as exc:
+            raise InvalidArgument(f"config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(f"config file {config_file}: {exc}") from exc
+    # Environment wins over the file: drop file keys whose top-level section the
+    # environment sets entirely as a scalar; nested env keys are merged by pydantic.
+    env_top = _env_keys()
+    init = {k: v for k, v in file_values.items() if not (k in env_top and not isinstance(v, dict))}
+    init = _merge(init, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        if any(isinstance(v, dict) for v in init.values()) and env_top:
+            # Sections present in both: let env override individual nested keys.
+            env_only = Settings.model_validate({})  # validates env alone
+            env_dump = env_only.model_dump(exclude_unset=True)
+            init = _merge(init, env_dump)
+        return Settings(**init)
+    except ValidationError as exc:
+        raise InvalidArgument(format_validation_error(exc), details={"errors": _error_list(exc)}) from exc
+
+
+def _error_list(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"key": ".".join(str(p) for p in err["loc"]), "message": err["msg"]} for err in exc.errors()]
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = [f"{e['key']}: {e['message']}" for e in _error_list(exc)]
+    return "invalid configuration: " + "; ".join(lines)

@@ -1,0 +1,11 @@
+"""All tables. Import every domain module here so Alembic and tests see the whole schema.
+
+One module per domain, each added by the issue that owns it::
+
+    meta.py        key/value facts about the node (schema notes, generated ids)
+"""
+
+from app.state.models import meta  # noqa: F401
+from sqlmodel import SQLModel
+
+metadata = SQLModel.metadata
