@@ -1,0 +1,1 @@
+"""Ground floor for images: one reference parser, media types, manifests and descriptors (pure, no I/O)."""
