@@ -5,7 +5,8 @@ One module per domain, each added by the issue that owns it::
     meta.py        key/value facts about the node (schema notes, generated ids)
 """
 
-from app.state.models import meta  # noqa: F401
 from sqlmodel import SQLModel
+
+from app.state.models import meta  # noqa: F401
 
 metadata = SQLModel.metadata

@@ -1,0 +1,1 @@
+"""Front doors: adapters that parse a request, call one service, and map errors once."""

@@ -1,0 +1,1 @@
+"""Admin REST + Prometheus metrics (FastAPI)."""

@@ -1,0 +1,87 @@
+"""The composition root: builds every concrete object from :class:`Settings` and hands them in.
+
+Nothing registers itself at import time. Each engine has one marked slot in
+:func:`build_node` (services) and :func:`build_listeners` (front doors). Handlers
+reach services through the :class:`Node` (``request.app.state.node`` in FastAPI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import APIRouter
+
+from app.config import Settings
+from app.state.db import Database, open_database
+
+log = logging.getLogger(__name__)
+
+
+class Listener(Protocol):
+    """A front door bound by the daemon. ``start`` returns the addresses it listens on."""
+
+    name: str
+
+    async def start(self) -> list[str]: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+@dataclass
+class Node:
+    """Everything the front doors may call. Slots are ``None`` until their engine is wired."""
+
+    settings: Settings
+    db: Database
+    content: Any = None  # app.content.store.LocalContentStore
+    cache: Any = None  # app.services.cache (blob pull-through cache)
+    images: Any = None  # app.services.images
+    containers: Any = None  # app.services.containers
+    network: Any = None  # app.runtime.network.NetworkManager
+    apps: Any = None  # app.services.apps
+    pods: Any = None  # app.services.pods
+    bootstrap: Any = None  # app.bootstrap service
+    check_results: list[Any] = field(default_factory=list)
+    routers: list[APIRouter] = field(default_factory=list)
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for closer in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                result = closer()
+                if result is not None:
+                    await result
+        self.db.close()
+
+
+async def build_node(settings: Settings) -> Node:
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = open_database(settings.db_url)
+    node = Node(settings=settings, db=db)
+
+    # --- slot: blob (content store, cache service, admin router) -----------------
+    # --- slot: runtime images ----------------------------------------------------
+    # --- slot: runtime containers + network --------------------------------------
+    # --- slot: apps (vappc) --------------------------------------------------------
+    # --- slot: pods (CRI) -----------------------------------------------------------
+    # --- slot: bootstrap -----------------------------------------------------------
+    return node
+
+
+def build_listeners(node: Node, admin_app: Any) -> list[Listener]:
+    """Front doors in start order; the daemon stops them in reverse."""
+    from app.api.cri.server import CriListener
+    from app.api.http.asgi_listener import AsgiListener
+
+    s = node.settings
+    listeners: list[Listener] = [AsgiListener("admin", admin_app, s.admin_listen)]
+    listeners.append(CriListener(node))
+    # --- slot: registry /v2 listener (blob) ---------------------------------------
+    # --- slot: vappc listener --------------------------------------------------------
+    return listeners
