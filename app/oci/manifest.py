@@ -26,9 +26,21 @@ from app.oci import mediatypes as mt
 from app.oci.reference import validate_digest
 
 _ARCH_ALIASES = {
-    "x86_64": "amd64", "x86-64": "amd64", "amd64": "amd64",
-    "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm", "armv6l": "arm", "armhf": "arm", "arm": "arm",
-    "i386": "386", "i686": "386", "386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
+    "x86_64": "amd64",
+    "x86-64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "armhf": "arm",
+    "arm": "arm",
+    "i386": "386",
+    "i686": "386",
+    "386": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
 }
 _DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
 
@@ -55,8 +67,11 @@ class Platform:
         parts = text.split("/")
         if len(parts) not in (2, 3) or not all(parts):
             raise _bad(f"invalid platform {text!r}: expected os/arch[/variant]", platform=text)
-        return cls(os=parts[0].lower(), architecture=normalize_arch(parts[1]),
-                   variant=parts[2].lower() if len(parts) == 3 else None)
+        return cls(
+            os=parts[0].lower(),
+            architecture=normalize_arch(parts[1]),
+            variant=parts[2].lower() if len(parts) == 3 else None,
+        )
 
     @classmethod
     def host(cls) -> Platform:
@@ -110,7 +125,8 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
         raise _bad(f"{what}: annotations must be a map of strings")
     return dict(value)
 
@@ -118,12 +134,20 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
 def _platform(value: Any, what: str) -> Platform | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or not isinstance(value.get("os"), str) or not isinstance(
-            value.get("architecture"), str):
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("os"), str)
+        or not isinstance(value.get("architecture"), str)
+    ):
         raise _bad(f"{what}: platform needs string os and architecture")
     features = value.get("os.features") or ()
-    return Platform(os=value["os"], architecture=value["architecture"], variant=value.get("variant") or None,
-                    os_version=value.get("os.version"), os_features=tuple(features))
+    return Platform(
+        os=value["os"],
+        architecture=value["architecture"],
+        variant=value.get("variant") or None,
+        os_version=value.get("os.version"),
+        os_features=tuple(features),
+    )
 
 
 def parse_descriptor(value: Any, what: str = "descriptor") -> Descriptor:
@@ -138,17 +162,24 @@ def parse_descriptor(value: Any, what: str = "descriptor") -> Descriptor:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _bad(f"{what}: size must be a non-negative integer", digest=digest)
     urls = value.get("urls") or ()
-    return Descriptor(media_type=media_type, digest=digest, size=size,
-                      platform=_platform(value.get("platform"), what),
-                      annotations=_str_map(value.get("annotations"), what), urls=tuple(urls),
-                      artifact_type=value.get("artifactType"))
+    return Descriptor(
+        media_type=media_type,
+        digest=digest,
+        size=size,
+        platform=_platform(value.get("platform"), what),
+        annotations=_str_map(value.get("annotations"), what),
+        urls=tuple(urls),
+        artifact_type=value.get("artifactType"),
+    )
 
 
 def parse_manifest(body: bytes, media_type: str | None = None) -> ImageManifest | Index:
     """Parse a manifest or index body; ``media_type`` is the Content-Type it came with."""
     if mt.detect_schema1(body, media_type):
-        raise _bad("Docker schema 1 manifests are not supported (push the image again with a current client)",
-                   mediaType=mt.base(media_type) or mt.DOCKER_MANIFEST_V1)
+        raise _bad(
+            "Docker schema 1 manifests are not supported (push the image again with a current client)",
+            mediaType=mt.base(media_type) or mt.DOCKER_MANIFEST_V1,
+        )
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -172,7 +203,8 @@ def parse_manifest(body: bytes, media_type: str | None = None) -> ImageManifest 
         if not isinstance(layers, list):
             raise _bad("manifest: layers must be a list")
         return ImageManifest(
-            media_type=kind or mt.OCI_MANIFEST, config=parse_descriptor(doc.get("config"), "manifest.config"),
+            media_type=kind or mt.OCI_MANIFEST,
+            config=parse_descriptor(doc.get("config"), "manifest.config"),
             layers=tuple(parse_descriptor(d, f"manifest.layers[{i}]") for i, d in enumerate(layers)),
             annotations=annotations,
         )
@@ -210,12 +242,16 @@ def select_platform(index: Index, os: str, arch: str, variant: str | None = None
         offered.append(str(desc.platform))
         if not platform_matches(desc.platform, want):
             continue
-        exact = want.variant is None or (desc.platform.variant is not None
-                                         and _variant_of(desc.platform) == _variant_of(want))
+        exact = want.variant is None or (
+            desc.platform.variant is not None and _variant_of(desc.platform) == _variant_of(want)
+        )
         rank = (0 if exact else 1, pos)
         if best is None or rank < best[:2]:
             best = (rank[0], rank[1], desc)
     if best is None:
-        raise NotFound(f"no manifest for platform {want} in index (offers: {', '.join(offered) or 'none'})",
-                       category=Category.IMAGE, details={"platform": str(want), "offered": offered})
+        raise NotFound(
+            f"no manifest for platform {want} in index (offers: {', '.join(offered) or 'none'})",
+            category=Category.IMAGE,
+            details={"platform": str(want), "offered": offered},
+        )
     return best[2]

@@ -61,18 +61,23 @@ def validate_digest(digest: str) -> str:
     """Check ``algorithm:hex``; only sha256 and sha512 are accepted. Return it unchanged."""
     if not _DIGEST_RE.match(digest):
         raise InvalidArgument(
-            f"invalid digest {digest[:200]!r}: expected algorithm:hex", category=Category.IMAGE,
+            f"invalid digest {digest[:200]!r}: expected algorithm:hex",
+            category=Category.IMAGE,
             details={"digest": digest[:200]},
         )
     algo, _, hexpart = digest.partition(":")
     want = _DIGEST_HEX_LEN.get(algo)
     if want is None:
-        raise InvalidArgument(f"unsupported digest algorithm {algo!r}", category=Category.IMAGE,
-                              details={"digest": digest[:200]})
+        raise InvalidArgument(
+            f"unsupported digest algorithm {algo!r}",
+            category=Category.IMAGE,
+            details={"digest": digest[:200]},
+        )
     if len(hexpart) != want or hexpart != hexpart.lower():
         raise InvalidArgument(
             f"invalid {algo} digest {digest[:200]!r}: expected {want} lowercase hex characters",
-            category=Category.IMAGE, details={"digest": digest[:200]},
+            category=Category.IMAGE,
+            details={"digest": digest[:200]},
         )
     return digest
 
@@ -89,7 +94,8 @@ def validate_tag(tag: str) -> str:
     if not _TAG_RE.match(tag):
         raise InvalidArgument(
             f"invalid tag {tag[:200]!r}: must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}",
-            category=Category.IMAGE, details={"tag": tag[:200]},
+            category=Category.IMAGE,
+            details={"tag": tag[:200]},
         )
     return tag
 
@@ -99,12 +105,18 @@ def validate_repository(path: str) -> str:
     if not path:
         raise InvalidArgument("repository name is empty", category=Category.IMAGE)
     if len(path) > NAME_MAX:
-        raise InvalidArgument(f"repository name longer than {NAME_MAX} characters", category=Category.IMAGE,
-                              details={"name": path[:300]})
+        raise InvalidArgument(
+            f"repository name longer than {NAME_MAX} characters",
+            category=Category.IMAGE,
+            details={"name": path[:300]},
+        )
     if not _PATH_RE.match(path):
         why = "must be lowercase" if _PATH_RE.match(path.lower()) else "invalid path component"
-        raise InvalidArgument(f"invalid repository name {path[:300]!r}: {why}", category=Category.IMAGE,
-                              details={"name": path[:300]})
+        raise InvalidArgument(
+            f"invalid repository name {path[:300]!r}: {why}",
+            category=Category.IMAGE,
+            details={"name": path[:300]},
+        )
     return path
 
 
@@ -121,8 +133,9 @@ def normalize_registry(host: str) -> str:
 
 def validate_registry(host: str) -> str:
     if not _HOST_RE.match(host):
-        raise InvalidArgument(f"invalid registry host {host[:200]!r}", category=Category.IMAGE,
-                              details={"registry": host[:200]})
+        raise InvalidArgument(
+            f"invalid registry host {host[:200]!r}", category=Category.IMAGE, details={"registry": host[:200]}
+        )
     _, sep, port = host.rpartition(":")
     if sep and "]" not in port and port.isdigit() and int(port) > 65535:
         raise InvalidArgument(f"invalid registry port in {host!r}", category=Category.IMAGE)
@@ -184,8 +197,11 @@ class Reference:
         if not path:
             raise _fail(text, "missing repository name")
         if not _PATH_RE.match(path):
-            why = "repository name must be lowercase" if _PATH_RE.match(path.lower()) else (
-                f"invalid repository name {path[:200]!r}")
+            why = (
+                "repository name must be lowercase"
+                if _PATH_RE.match(path.lower())
+                else (f"invalid repository name {path[:200]!r}")
+            )
             raise _fail(text, why)
         if len(registry) + 1 + len(path) > NAME_MAX:
             raise _fail(text, f"name longer than {NAME_MAX} characters")
@@ -213,8 +229,11 @@ class Reference:
         """Docker's short form: drop ``docker.io/`` and ``library/``."""
         name = self.name
         if self.registry == DOCKER_HUB:
-            name = self.repository.removeprefix("library/") if self.repository.count("/") == 1 else (
-                self.repository)
+            name = (
+                self.repository.removeprefix("library/")
+                if self.repository.count("/") == 1
+                else (self.repository)
+            )
         out = name
         if self.tag:
             out += ":" + self.tag

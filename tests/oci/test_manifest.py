@@ -28,8 +28,14 @@ def _index(*entries: dict[str, object], media: str | None = mt.OCI_INDEX) -> byt
 
 def test_parse_image_manifest_both_flavours() -> None:
     for media, layer in ((mt.OCI_MANIFEST, mt.OCI_LAYER_GZIP), (mt.DOCKER_MANIFEST_V2, mt.DOCKER_LAYER_GZIP)):
-        body = json.dumps({"schemaVersion": 2, "mediaType": media, "config": _desc(1, mt.OCI_CONFIG),
-                           "layers": [_desc(2, layer), _desc(3, layer, annotations={"a": "b"})]}).encode()
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": media,
+                "config": _desc(1, mt.OCI_CONFIG),
+                "layers": [_desc(2, layer), _desc(3, layer, annotations={"a": "b"})],
+            }
+        ).encode()
         m = parse_manifest(body, media)
         assert isinstance(m, ImageManifest)
         assert m.media_type == media
@@ -55,10 +61,22 @@ def test_parse_index_without_media_type_field_uses_content_type_or_shape() -> No
         (b"not json", mt.OCI_MANIFEST),
         (b"[]", mt.OCI_MANIFEST),
         (b'{"schemaVersion": 3}', mt.OCI_MANIFEST),
-        (json.dumps({"schemaVersion": 2, "config": {"mediaType": "x", "digest": "sha256:12", "size": 1},
-                     "layers": []}).encode(), mt.OCI_MANIFEST),
-        (json.dumps({"schemaVersion": 2, "config": _desc(1),
-                     "layers": [dict(_desc(2), size=-1)]}).encode(), None),
+        (
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "config": {"mediaType": "x", "digest": "sha256:12", "size": 1},
+                    "layers": [],
+                }
+            ).encode(),
+            mt.OCI_MANIFEST,
+        ),
+        (
+            json.dumps(
+                {"schemaVersion": 2, "config": _desc(1), "layers": [dict(_desc(2), size=-1)]}
+            ).encode(),
+            None,
+        ),
         (json.dumps({"schemaVersion": 2, "config": _desc(1), "layers": "x"}).encode(), None),
         (json.dumps({"schemaVersion": 2, "manifests": {}}).encode(), mt.OCI_INDEX),
         (json.dumps({"schemaVersion": 2, "mediaType": "text/plain"}).encode(), None),
@@ -75,14 +93,19 @@ def test_schema1_message_is_clear() -> None:
 
 
 def test_select_platform_skips_attestations_and_never_falls_back() -> None:
-    idx = parse_manifest(_index(
-        _desc(1, platform={"os": "unknown", "architecture": "unknown"}),
-        _desc(2, platform={"os": "linux", "architecture": "amd64"}),
-        _desc(3, platform={"os": "linux", "architecture": "arm64", "variant": "v8"}),
-        _desc(4, platform={"os": "linux", "architecture": "arm", "variant": "v6"}),
-        _desc(5, platform={"os": "linux", "architecture": "s390x"},
-              annotations={mt.ATTESTATION_REF_ANNOTATION: mt.ATTESTATION_REF_VALUE}),
-    ))
+    idx = parse_manifest(
+        _index(
+            _desc(1, platform={"os": "unknown", "architecture": "unknown"}),
+            _desc(2, platform={"os": "linux", "architecture": "amd64"}),
+            _desc(3, platform={"os": "linux", "architecture": "arm64", "variant": "v8"}),
+            _desc(4, platform={"os": "linux", "architecture": "arm", "variant": "v6"}),
+            _desc(
+                5,
+                platform={"os": "linux", "architecture": "s390x"},
+                annotations={mt.ATTESTATION_REF_ANNOTATION: mt.ATTESTATION_REF_VALUE},
+            ),
+        )
+    )
     assert isinstance(idx, Index)
     assert select_platform(idx, "linux", "amd64").digest == _d(2)
     assert select_platform(idx, "linux", "x86_64").digest == _d(2)
@@ -97,10 +120,12 @@ def test_select_platform_skips_attestations_and_never_falls_back() -> None:
 
 
 def test_select_platform_prefers_exact_variant() -> None:
-    idx = parse_manifest(_index(
-        _desc(1, platform={"os": "linux", "architecture": "arm64"}),
-        _desc(2, platform={"os": "linux", "architecture": "arm64", "variant": "v8"}),
-    ))
+    idx = parse_manifest(
+        _index(
+            _desc(1, platform={"os": "linux", "architecture": "arm64"}),
+            _desc(2, platform={"os": "linux", "architecture": "arm64", "variant": "v8"}),
+        )
+    )
     assert isinstance(idx, Index)
     assert select_platform(idx, "linux", "arm64", "v8").digest == _d(2)
     assert select_platform(idx, "linux", "arm64").digest == _d(1)
