@@ -8,6 +8,6 @@ One module per domain, each added by the issue that owns it::
 from sqlmodel import SQLModel
 
 from app.state.models import meta  # noqa: F401
-from app.state.models import network  # noqa: F401
+from app.state.models import network as _network  # noqa: F401
 
 metadata = SQLModel.metadata
