@@ -1,0 +1,1 @@
+"""The runtime engine: images, snapshots, OCI execution, supervision, networking."""

@@ -1,0 +1,1 @@
+"""Runtime backends behind one protocol: native, crun, runc."""

@@ -1,0 +1,223 @@
+"""``create``: the creator side (P) of the native runtime. See :mod:`app.runtime.oci.init`.
+
+Runs in a single-threaded process (the vapp-oci command or a shim). Leaves the
+container ``created``: its init blocked in accept() on ``<root>/<id>/exec.sock``.
+A failure at any step kills what was started, removes the cgroups and state dir,
+and raises :class:`CreateError` carrying the init's message and exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import Any
+
+from app.runtime.kernel import PR_SET_CHILD_SUBREAPER, Kernel, cgroups
+from app.runtime.oci import hooks, state
+from app.runtime.oci.init import recv, send, stage1
+
+
+class CreateError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_config(bundle: str) -> dict[str, Any]:
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as fh:
+            cfg: dict[str, Any] = json.loads(fh.read())
+    except FileNotFoundError as exc:
+        raise CreateError(f"bundle {bundle}: config.json not found") from exc
+    except ValueError as exc:
+        raise CreateError(f"{path}: invalid JSON: {exc}") from exc
+    validate(cfg, bundle)
+    return cfg
+
+
+def validate(cfg: dict[str, Any], bundle: str) -> None:
+    """Reject what we cannot honour, naming the field; resolve root.path against the bundle."""
+    if not isinstance(cfg.get("ociVersion"), str):
+        raise CreateError("config.json: ociVersion is required")
+    root = cfg.get("root") or {}
+    if not root.get("path"):
+        raise CreateError("config.json: root.path is required")
+    path = root["path"] if os.path.isabs(root["path"]) else os.path.join(bundle, root["path"])
+    if not os.path.isdir(path):
+        raise CreateError(f"config.json: root.path {path}: rootfs directory does not exist")
+    cfg["root"]["path"] = os.path.realpath(path)
+    proc = cfg.get("process")
+    if not isinstance(proc, dict) or not proc.get("args"):
+        raise CreateError("config.json: process.args is required")
+    if proc.get("cwd") and not os.path.isabs(proc["cwd"]):
+        raise CreateError(f"config.json: process.cwd {proc['cwd']!r} must be absolute")
+    linux = cfg.get("linux") or {}
+    seen: set[str] = set()
+    for ns in linux.get("namespaces") or []:
+        if ns.get("type") not in ("user", "mount", "pid", "network", "uts", "ipc", "cgroup", "time"):
+            raise CreateError(f"config.json: linux.namespaces: unknown type {ns.get('type')!r}")
+        if ns["type"] in seen:
+            raise CreateError(f"config.json: linux.namespaces: {ns['type']} listed twice")
+        seen.add(ns["type"])
+        if ns["type"] == "time":
+            raise CreateError("config.json: time namespaces are not supported by vapp-oci")
+    if (linux.get("uidMappings") or linux.get("gidMappings")) and "user" not in seen:
+        raise CreateError("config.json: uidMappings/gidMappings need a user namespace")
+    if os.geteuid() != 0 and "user" not in seen:
+        raise CreateError("config.json: running as non-root needs a user namespace (try `spec --rootless`)")
+    if linux.get("seccomp"):
+        os.write(2, b"vapp-oci: warning: linux.seccomp is not supported yet; no syscall filter applied\n")
+
+
+def _maps(linux: dict[str, Any], key: str, own: int) -> list[tuple[int, int, int]]:
+    entries = linux.get(key) or [{"containerID": 0, "hostID": own, "size": 1}]
+    return [(int(e["containerID"]), int(e["hostID"]), int(e["size"])) for e in entries]
+
+
+def write_id_maps(kernel: Kernel, pid: int, linux: dict[str, Any]) -> None:
+    """Single own-ID maps (or any map as root) are written directly; ranges go through newuidmap."""
+    uid, gid = os.geteuid(), os.getegid()
+    for key, own, tool, file in (("uidMappings", uid, "newuidmap", "uid_map"),
+                                 ("gidMappings", gid, "newgidmap", "gid_map")):
+        maps = _maps(linux, key, own)
+        direct = uid == 0 or maps == [(maps[0][0], own, 1)]
+        if direct:
+            if file == "gid_map" and uid != 0:
+                kernel.write_file(f"/proc/{pid}/setgroups", "deny")
+            try:
+                kernel.write_file(f"/proc/{pid}/{file}", "".join(f"{c} {h} {s}\n" for c, h, s in maps))
+            except OSError as exc:
+                raise CreateError(f"writing {file} {maps}: {exc.strerror}") from exc
+            continue
+        argv = [tool, str(pid)] + [str(v) for triple in maps for v in triple]
+        result = subprocess.run(argv, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise CreateError(f"{tool} failed: {result.stderr.decode(errors='replace').strip()} "
+                              f"(check /etc/sub{'uid' if tool == 'newuidmap' else 'gid'})")
+
+
+def _bind_exec_socket(directory: str) -> socket.socket:
+    """Listen on <dir>/exec.sock, via /proc/self/fd to stay under the 108-byte sun_path limit."""
+    dirfd = os.open(directory, os.O_PATH | os.O_CLOEXEC)
+    try:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(f"/proc/self/fd/{dirfd}/exec.sock")
+        listener.listen(1)
+    finally:
+        os.close(dirfd)
+    return listener
+
+
+def create(kernel: Kernel, root: str, container_id: str, bundle: str, *, console_socket: str | None = None,
+           pid_file: str | None = None, subreaper: bool = False) -> dict[str, Any]:
+    if not state.valid_id(container_id):
+        raise CreateError(f"invalid container id {container_id!r}")
+    bundle = os.path.realpath(bundle)
+    cfg = load_config(bundle)
+    os.makedirs(root, mode=0o711, exist_ok=True)
+    directory = state.container_dir(root, container_id)
+    try:
+        os.mkdir(directory, 0o711)
+    except FileExistsError as exc:
+        raise CreateError(f"container with id {container_id!r} already exists") from exc
+    st: dict[str, Any] = {
+        "ociVersion": cfg["ociVersion"], "id": container_id, "status": "creating", "pid": 0,
+        "bundle": bundle, "annotations": cfg.get("annotations") or {}, "hooks": cfg.get("hooks") or {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cgroups": [],
+    }
+    state.save(root, st)
+    try:
+        return _create(kernel, root, cfg, st, console_socket, pid_file, subreaper)
+    except BaseException:
+        _destroy(st)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _create(kernel: Kernel, root: str, cfg: dict[str, Any], st: dict[str, Any], console_path: str | None,
+            pid_file: str | None, subreaper: bool) -> dict[str, Any]:
+    linux = cfg.get("linux") or {}
+    listener = _bind_exec_socket(state.container_dir(root, st["id"]))
+    console = None
+    if (cfg["process"] or {}).get("terminal"):
+        if not console_path:
+            raise CreateError("process.terminal is true: --console-socket is required")
+        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        console.connect(console_path)
+    cg = cgroups.create(cgroups.normalize_path(linux.get("cgroupsPath"), st["id"]), linux.get("resources"))
+    st["cgroups"] = cg.dirs
+    for reason in cg.skipped:
+        os.write(2, f"vapp-oci: warning: cgroup limit not applied: {reason}\n".encode())
+    if subreaper:
+        kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s_pid = os.fork()
+    if s_pid == 0:
+        parent.close()
+        stage1(kernel, cfg, child, listener, console)
+    child.close()
+    listener.close()
+    if console:
+        console.close()
+    try:
+        _drive(kernel, root, cfg, st, parent, s_pid, cg)
+    finally:
+        parent.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(s_pid, 0)
+    st["status"] = "created"
+    state.save(root, st)
+    if pid_file:
+        state.write_atomic(os.path.abspath(pid_file), str(st["pid"]).encode(), 0o644)
+    return st
+
+
+def _drive(kernel: Kernel, root: str, cfg: dict[str, Any], st: dict[str, Any], sync: socket.socket,
+           s_pid: int, cg: cgroups.CgroupSet) -> None:
+    linux = cfg.get("linux") or {}
+    has_user = any(ns["type"] == "user" and not ns.get("path") for ns in linux.get("namespaces") or [])
+    while True:
+        message = recv(sync)
+        if message is None:
+            raise CreateError("container init exited during setup")
+        kind = message["type"]
+        if kind == "error":
+            raise CreateError(message["message"], int(message.get("code", 1)))
+        if kind == "stage1":
+            if has_user:
+                write_id_maps(kernel, s_pid, linux)
+            cgroups.add_process(cg, s_pid)
+            send(sync, {"type": "go"})
+        elif kind == "pid":
+            st["pid"] = int(message["pid"])
+            info = state.proc_stat(st["pid"])
+            st["pidStartTime"] = info[1] if info else None
+            state.save(root, st)
+        elif kind == "hooks":
+            public = state.public_state(root, st) | {"status": "creating", "pid": st["pid"]}
+            hook_cfg = cfg.get("hooks") or {}
+            try:
+                hooks.run_hooks(hook_cfg.get("prestart"), public, "prestart")
+                hooks.run_hooks(hook_cfg.get("createRuntime"), public, "createRuntime")
+            except hooks.HookError as exc:
+                raise CreateError(str(exc)) from exc
+            send(sync, {"type": "ok", "state": public})
+        elif kind == "ready":
+            return
+
+
+def _destroy(st: dict[str, Any]) -> None:
+    pid = int(st.get("pid") or 0)
+    if pid and state.process_alive(pid, st.get("pidStartTime")):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    cgroups.remove(list(st.get("cgroups") or []))
