@@ -20,10 +20,10 @@ class NetworkMode(enum.StrEnum):
 def parse_mode(text: str | None) -> tuple[NetworkMode, str | None]:
     """``"host"`` → (HOST, None); ``"bridge"`` aliases ``pod``; ``"container:ID"`` → (CONTAINER, ID)."""
     value = (text or "host").strip()
-    if value.startswith("container:"):
+    if value.startswith(("container:", "app:")):  # vappc apps say app:<app_id>
         target = value.split(":", 1)[1].strip()
         if not target:
-            raise InvalidArgument("network mode container:<id> needs an id", category=Category.NETWORK)
+            raise InvalidArgument(f"network mode {value!r} needs an id", category=Category.NETWORK)
         return NetworkMode.CONTAINER, target
     aliases = {"host": NetworkMode.HOST, "none": NetworkMode.NONE, "pod": NetworkMode.POD,
                "bridge": NetworkMode.POD, "private": NetworkMode.POD}
@@ -76,8 +76,10 @@ def parse_port(spec: PortMapping | str | dict[str, Any]) -> PortMapping:
         return spec
     if isinstance(spec, dict):
         try:
-            return PortMapping(int(spec["host_port"]), int(spec.get("container_port", spec["host_port"])),
-                               str(spec.get("protocol", "tcp")), str(spec.get("host_ip") or ""))
+            host_port = int(spec["host_port"])
+            container_port = int(spec.get("container_port") or host_port)
+            return PortMapping(host_port, container_port, str(spec.get("protocol", "tcp")),
+                               str(spec.get("host_ip") or ""))
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"bad port mapping {spec!r}", category=Category.NETWORK) from exc
     text, _, proto = spec.strip().partition("/")
