@@ -94,8 +94,14 @@ class NetworkSettings(Section):
     subnet: str = "10.88.0.0/16"
     dns_servers: list[str] = Field(default_factory=list)
     dns_search: list[str] = Field(default_factory=list)
+    dns_options: list[str] = Field(default_factory=list)
     extra_hosts: dict[str, str] = Field(default_factory=dict)
     publish_address: str = "127.0.0.1"
+    pod_driver: Literal["auto", "bridge", "usermode"] = "auto"  # auto: bridge as root, else usermode
+    usermode_helper: Literal["auto", "pasta", "slirp4netns"] = "auto"  # auto: pasta, else slirp4netns
+    nft_table: str = "vapp"  # our own `table inet <name>`; reset deletes it whole
+    ipv6: bool = False  # pasta: also IPv6 (off: a v4-only node leaves no v6 listeners behind)
+    mtu: int = 1500
 
 
 class CriSettings(Section):
