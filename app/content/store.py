@@ -54,6 +54,8 @@ class Writer(Protocol):
     @property
     def offset(self) -> int: ...
     def write(self, data: bytes | memoryview) -> None: ...
+    def reset(self) -> None: ...
+    def open_reader(self) -> BinaryIO: ...
     def digest(self) -> str: ...
     def commit(self) -> ContentInfo: ...
     def close(self) -> None: ...
@@ -332,6 +334,19 @@ class _LocalWriter:
         self._file.write(data)
         self._hash.update(data)
         self._offset += n
+
+    def reset(self) -> None:
+        """Start over at offset 0 (same file, so readers of :meth:`open_reader` keep working)."""
+        if self._lock is None:
+            raise FailedPrecondition(f"ingest {self._ref!r} is closed", category=Category.IMAGE)
+        self._file.seek(0)
+        self._file.truncate()
+        self._hash = hashlib.sha256()
+        self._offset = 0
+
+    def open_reader(self) -> BinaryIO:
+        """A read-only handle on the bytes written so far; it stays valid across commit (same inode)."""
+        return (self._dir / "data").open("rb")
 
     def commit(self) -> ContentInfo:
         if self._lock is None:

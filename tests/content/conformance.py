@@ -184,3 +184,19 @@ def test_empty_blob(store: ContentStore) -> None:
     w = store.writer("empty", _dg(b""), 0)
     info = w.commit()
     assert info.size == 0 and store.read(info.digest) == b""
+
+
+def test_reset_and_reader_survive_commit(store: ContentStore) -> None:
+    data = os.urandom(100_000)
+    w = store.writer("rr", _dg(data), len(data))
+    reader = w.open_reader()
+    w.write(b"garbage")
+    w.reset()
+    assert w.offset == 0
+    w.write(data[:50_000])
+    assert reader.read(50_000) == data[:50_000]
+    w.write(data[50_000:])
+    w.commit()
+    assert reader.read() == data[50_000:]
+    reader.close()
+    assert store.read(_dg(data)) == data
