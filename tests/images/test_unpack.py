@@ -129,7 +129,12 @@ def test_apply_whiteouts_and_opaque(tmp_path: Path) -> None:
 def test_corrupt_and_wrong_type(tmp_path: Path) -> None:
     blob, _ = compress(tar_bytes([f("a", b"1" * 100_000)]), "gzip")
     with pytest.raises(BadLayer):
-        apply_layer(io.BytesIO(blob[:200] + b"\0" * 50 + blob[250:]), _mk(tmp_path / "c1"), "application/vnd.oci.image.layer.v1.tar+gzip", OVERLAY)
+        apply_layer(
+            io.BytesIO(blob[:200] + b"\0" * 50 + blob[250:]),
+            _mk(tmp_path / "c1"),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            OVERLAY,
+        )
     with pytest.raises(BadLayer):
         apply_layer(io.BytesIO(blob), _mk(tmp_path / "c2"), "application/vnd.oci.image.layer.v1.tar+zstd", OVERLAY)
     with pytest.raises(BadLayer):
@@ -185,8 +190,16 @@ def test_hostile_layer_refused_host_untouched(tmp_path: Path, case: str, mode: s
     (outside / "keep").write_bytes(b"original")
     before = _outside_snapshot(outside)
     entries = [
-        E(e.name.replace("{outside}", str(outside)), e.type, e.data, e.mode, e.uid, e.gid, e.mtime,
-          e.linkname.replace("{outside}", str(outside)))
+        E(
+            e.name.replace("{outside}", str(outside)),
+            e.type,
+            e.data,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.mtime,
+            e.linkname.replace("{outside}", str(outside)),
+        )
         for e in HOSTILE[case]
     ]
     root = tmp_path / "root"

@@ -189,12 +189,13 @@ def _remove_at(dir_fd: int, name: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dir_fd)
         return
+    # A directory left without read/write/exec permission (mode 0555, overlay's
+    # work/work 000) can be neither opened nor emptied; fix it first, it is going
+    # anyway. (lstat said directory: chmod by name cannot follow a symlink here.)
+    if st.st_mode & 0o700 != 0o700:
+        os.chmod(name, 0o700, dir_fd=dir_fd)
     fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     try:
-        # A directory left without write/exec permission (mode 0555, overlay's
-        # work/work 000) cannot be emptied; fix it first, it is going anyway.
-        if st.st_mode & 0o700 != 0o700:
-            os.chmod(fd, 0o700)
         for child in os.listdir(fd):
             _remove_at(fd, child)
     finally:
