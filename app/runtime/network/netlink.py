@@ -69,6 +69,9 @@ class Netlink(Protocol):
                   rename_to: str | None = None) -> None: ...
     def set_up(self, ifname: str, netns: str | None = None) -> None: ...
     def delete_link(self, name: str, netns: str | None = None) -> None: ...
+    def set_sysctl(self, key: str, value: str) -> None:
+        """Write ``/proc/sys/<key>`` in the node's namespace (``net/ipv4/ip_forward``)."""
+        ...
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -239,6 +242,17 @@ class PyrouteNetlink:
         except NotFound:
             return  # the namespace is gone, and the link with it
 
+    def set_sysctl(self, key: str, value: str) -> None:
+        path = f"/proc/sys/{key}"
+        try:
+            with open(path) as fh:
+                if fh.read().strip() == value:
+                    return
+            with open(path, "w") as fh:
+                fh.write(value)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot set {key}={value}: {exc.strerror}", category=Category.NETWORK) from exc
+
 
 @dataclass
 class _FakeNs:
@@ -254,7 +268,11 @@ class FakeNetlink:
         lo = Link("lo", 1)
         self.ns: dict[str | None, _FakeNs] = {None: _FakeNs(links={"lo": lo}, routes=list(host_routes or []))}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.sysctls: dict[str, str] = {}
         self._next = 2
+
+    def set_sysctl(self, key: str, value: str) -> None:
+        self.sysctls[key] = value
 
     def add_netns(self, path: str) -> None:
         self.ns[path] = _FakeNs(links={"lo": Link("lo", 1)})

@@ -27,7 +27,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import Category, FailedPrecondition, Internal
 from app.runtime.network.types import PortMapping
@@ -148,6 +148,20 @@ def rule_comments(ruleset: dict[str, Any]) -> set[str]:
     return {i["rule"]["comment"] for i in items if "rule" in i and "comment" in i["rule"]}
 
 
+class Rules(Protocol):
+    """What the bridge driver and the manager need from nftables (:class:`Nft`, :class:`FakeNft`)."""
+
+    table: str
+
+    def add_network(self, bridge: str, subnet: str) -> None: ...
+    def remove_network(self, bridge: str) -> None: ...
+    def add_container(self, container_id: str, address: str, ports: Iterable[PortMapping]) -> None: ...
+    def remove_container(self, container_id: str, ports: Iterable[PortMapping]) -> None: ...
+    def remove_stale(self, chains: set[str]) -> None: ...
+    def chains(self) -> set[str]: ...
+    def destroy(self) -> None: ...
+
+
 class Nft:
     """Runs nft scripts against one table (exec'd, never forked from the daemon)."""
 
@@ -217,3 +231,48 @@ class Nft:
         """Delete the whole table (uninstall/reset)."""
         if self.ruleset().get("nftables"):
             self.apply(f"delete table inet {self.table}\n")
+
+    def chains(self) -> set[str]:
+        """The per-container chains present (for the start-up reconcile)."""
+        return container_chains(self.ruleset())
+
+
+class FakeNft:
+    """In-memory stand-in with :class:`Nft`'s surface, for unit tests without root."""
+
+    def __init__(self, table: str = "vapp") -> None:
+        self.table = table
+        self.networks: dict[str, str] = {}
+        self.ports: dict[tuple[str, int], str] = {}  # (proto, host port) → chain
+        self.container_rules: dict[str, list[PortMapping]] = {}
+
+    def add_network(self, bridge: str, subnet: str) -> None:
+        self.networks[bridge] = subnet
+
+    def remove_network(self, bridge: str) -> None:
+        self.networks.pop(bridge, None)
+
+    def add_container(self, container_id: str, address: str, ports: Iterable[PortMapping]) -> None:
+        ports = list(ports)
+        if not ports:
+            return
+        chain = chain_name(container_id)
+        keys = {(p.protocol, p.host_port) for p in ports}
+        if any(k in self.ports for k in keys):
+            raise Internal("nft failed: element exists", category=Category.NETWORK)
+        self.ports.update(dict.fromkeys(keys, chain))
+        self.container_rules[chain] = ports
+
+    def remove_container(self, container_id: str, ports: Iterable[PortMapping]) -> None:
+        self.remove_stale({chain_name(container_id)})
+
+    def remove_stale(self, chains: set[str]) -> None:
+        self.ports = {k: c for k, c in self.ports.items() if c not in chains}
+        for c in chains:
+            self.container_rules.pop(c, None)
+
+    def chains(self) -> set[str]:
+        return set(self.container_rules)
+
+    def destroy(self) -> None:
+        self.__init__(self.table)  # type: ignore[misc]
