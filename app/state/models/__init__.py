@@ -7,6 +7,7 @@ One module per domain, each added by the issue that owns it::
 
 from sqlmodel import SQLModel
 
+from app.state.models import apps as _apps  # noqa: F401
 from app.state.models import blob as _blob  # noqa: F401
 from app.state.models import intents as _intents  # noqa: F401
 from app.state.models import meta  # noqa: F401
