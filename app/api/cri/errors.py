@@ -2,8 +2,8 @@
 
 Servicer methods raise the classes in :mod:`app.errors`; :func:`cri_rpc` turns
 them into gRPC status codes through :data:`GRPC_CODE` (the only table) and
-records ``vapp_cri_requests_total{method,code}`` and
-``vapp_cri_request_seconds{method}``. Anything else is a bug: it is logged with
+records ``vapp_grpc_calls_total{method,code}`` and
+``vapp_grpc_call_duration_seconds{method}`` (defined in :mod:`app.metrics`). Anything else is a bug: it is logged with
 its traceback and answered ``INTERNAL`` without leaking the exception text.
 """
 
@@ -13,12 +13,12 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from app.errors import Kind, VappError
+from app.metrics import GRPC_CALLS, GRPC_LATENCY
 
 log = logging.getLogger("app.api.cri")
 
@@ -37,34 +37,22 @@ GRPC_CODE: dict[Kind, grpc.StatusCode] = {
 }
 
 
-class CriMetrics:
-    """The CRI door's metrics, on one registry (the process registry by default)."""
+class _Metrics(Protocol):
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None: ...
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        reg = registry if registry is not None else REGISTRY
-        self.requests = Counter(
-            "vapp_cri_requests_total", "CRI RPCs answered, by method and gRPC code", ["method", "code"],
-            registry=reg,
-        )
-        self.latency = Histogram(
-            "vapp_cri_request_seconds", "CRI RPC latency (unary) or stream lifetime", ["method"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
-            registry=reg,
-        )
+
+class CriMetrics:
+    """Records into the front-door metrics of :mod:`app.metrics` (one registry)."""
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.requests.labels(method, code.name).inc()
-        self.latency.labels(method).observe(seconds)
+        GRPC_CALLS.labels(method, code.name).inc()
+        GRPC_LATENCY.labels(method).observe(seconds)
 
 
-_metrics: CriMetrics | None = None
+_metrics: _Metrics = CriMetrics()
 
 
-def metrics() -> CriMetrics:
-    """The shared instance (created on first use so tests can import without side effects)."""
-    global _metrics
-    if _metrics is None:
-        _metrics = CriMetrics()
+def metrics() -> _Metrics:
     return _metrics
 
 

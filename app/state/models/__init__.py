@@ -12,5 +12,6 @@ from app.state.models import blob as _blob  # noqa: F401
 from app.state.models import intents as _intents  # noqa: F401
 from app.state.models import meta  # noqa: F401
 from app.state.models import network as _network  # noqa: F401
+from app.state.models import pods as _pods  # noqa: F401
 
 metadata = SQLModel.metadata
