@@ -1,4 +1,4 @@
-"""RunDiagnostic and GetInterfaceIp: real facts about this node, each bounded in time.
+"""RunDiagnostic: real facts about this node, each bounded in time.
 
 Every diagnostic item is a function returning text. Items run concurrently,
 each in a worker thread under its own time limit; one that hangs (a stuck
@@ -9,8 +9,8 @@ the whole command: the agent calls this when something is already wrong.
 Items::
 
     kernel        uname, uptime, load
-    interfaces    links (state, kind) and their addresses, via netlink
-    routes        the node's routes, via netlink
+    interfaces    links and addresses  ┐ via netlink, from the network engine
+    routes        the node's routes    ┘ (app.runtime.network.diag)
     namespaces    which namespace kinds exist and user-namespace limits
     tun           /dev/net/tun presence, mode and whether it opens
     cgroups       v1 / v2 / hybrid layout and controllers
@@ -21,48 +21,16 @@ Items::
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import shutil
 import stat
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 ItemFn = Callable[[], str]
+NetworkFacts = Callable[[], dict[str, str]]
 ContainersFn = Callable[[], Awaitable[str]]
-
-
-class AddressSource(Protocol):
-    """The part of the network seam (``app.runtime.network.netlink.Netlink``) used here."""
-
-    def links(self, netns: str | None = None) -> list[Any]: ...
-    def addresses(self, netns: str | None = None) -> list[Any]: ...
-    def routes(self, netns: str | None = None) -> list[Any]: ...
-
-
-def pick_interface_ip(addresses: Iterable[Any], pattern: str) -> str | None:
-    """The IP of the first interface matching ``pattern`` (``zt*`` is a prefix match).
-
-    IPv4 first, then global IPv6; link-local addresses are skipped. Addresses
-    are ``.ifname`` / ``.cidr`` records in link order, as netlink returns them.
-    """
-    if pattern.endswith("*"):
-        prefix = pattern[:-1]
-        matches: Callable[[str], bool] = lambda name: name.startswith(prefix)  # noqa: E731
-    else:
-        matches = pattern.__eq__
-    v4: list[str] = []
-    v6: list[str] = []
-    for addr in addresses:
-        if not matches(addr.ifname):
-            continue
-        ip = ipaddress.ip_interface(addr.cidr).ip
-        if ip.is_link_local:
-            continue
-        (v4 if ip.version == 4 else v6).append(str(ip))
-    found = v4 or v6
-    return found[0] if found else None
 
 
 def _read(path: str) -> str:
@@ -133,76 +101,51 @@ def disk_item(path: Path) -> Callable[[], str]:
     return item
 
 
-def interfaces_item(net: AddressSource) -> Callable[[], str]:
-    def item() -> str:
-        addrs: dict[str, list[str]] = {}
-        for a in net.addresses():
-            addrs.setdefault(a.ifname, []).append(a.cidr)
-        lines = []
-        for link in net.links():
-            state = "UP" if link.up else "DOWN"
-            kind = f" {link.kind}" if link.kind else ""
-            lines.append(f"{link.name}{kind} {state} {' '.join(addrs.get(link.name, []))}".rstrip())
-        return "\n".join(lines) or "(none)"
-    return item
-
-
-def routes_item(net: AddressSource) -> Callable[[], str]:
-    def item() -> str:
-        lines = []
-        for r in net.routes():
-            via = f" via {r.gateway}" if r.gateway else ""
-            dev = f" dev {r.dev}" if r.dev else ""
-            lines.append(f"{r.dst}{via}{dev}")
-        return "\n".join(lines) or "(none)"
-    return item
-
-
 class Diagnostics:
-    """Runs the diagnostic items; ``net`` is the network seam, ``containers`` a summary."""
+    """Runs the diagnostic items.
+
+    ``network`` returns several sections at once (``interfaces``, ``routes``,
+    ``attachments``: ``app.runtime.network.diag.network_diagnostics``) and is
+    bounded like one item; ``containers`` summarises the apps.
+    """
 
     def __init__(
         self,
         state_dir: Path,
-        net: AddressSource | None,
+        network: NetworkFacts | None = None,
         containers: ContainersFn | None = None,
         item_timeout: float = 3.0,
     ) -> None:
         self.state_dir = state_dir
-        self.net = net
+        self.network = network
         self.containers = containers
         self.item_timeout = item_timeout
 
     def items(self) -> dict[str, ItemFn]:
-        items: dict[str, ItemFn] = {
+        return {
             "kernel": kernel_item,
             "namespaces": namespaces_item,
             "tun": tun_item,
             "cgroups": cgroups_item,
             "disk": disk_item(self.state_dir),
         }
-        if self.net is not None:
-            items["interfaces"] = interfaces_item(self.net)
-            items["routes"] = routes_item(self.net)
-        return items
 
-    async def _bounded(self, name: str, job: Awaitable[str]) -> tuple[str, str]:
+    async def _bounded(self, name: str, job: Awaitable[Any]) -> dict[str, str]:
         try:
-            return name, await asyncio.wait_for(job, self.item_timeout)
+            value = await asyncio.wait_for(job, self.item_timeout)
         except TimeoutError:
-            return name, f"timed out after {self.item_timeout:g}s"
+            return {name: f"timed out after {self.item_timeout:g}s"}
         except Exception as exc:  # one broken fact must not hide the others
-            return name, f"error: {type(exc).__name__}: {exc}"
+            return {name: f"error: {type(exc).__name__}: {exc}"}
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {name: str(value)}
 
     async def run(self) -> dict[str, str]:
         jobs = [self._bounded(name, asyncio.to_thread(fn)) for name, fn in self.items().items()]
+        if self.network is not None:
+            jobs.append(self._bounded("network", asyncio.to_thread(self.network)))
         if self.containers is not None:
             jobs.append(self._bounded("containers", self.containers()))
-        return dict(sorted(await asyncio.gather(*jobs)))
-
-    async def interface_ip(self, pattern: str) -> str | None:
-        if self.net is None:
-            return None
-        net = self.net
-        addresses = await asyncio.wait_for(asyncio.to_thread(net.addresses), self.item_timeout)
-        return pick_interface_ip(addresses, pattern)
+        out: dict[str, str] = {}
+        for part in await asyncio.gather(*jobs):
+            out.update(part)
+        return dict(sorted(out.items()))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from app.errors import Category, InvalidArgument
-from app.runtime.network.netlink import Address, PyrouteNetlink
+from app.runtime.network.diag import network_diagnostics
 from app.runtime.templates import render, render_into_rootfs, resolve_in_rootfs
 from app.services.app_types import DnsRecord
-from app.services.diagnostics import Diagnostics, pick_interface_ip
+from app.services.diagnostics import Diagnostics
 from app.services.dns import DnsRecords
 
 
@@ -79,18 +79,8 @@ async def test_dns_hosts_file_atomic_and_validated(tmp_path: Path) -> None:
     assert await dns.update([]) == 0
 
 
-def test_pick_interface_ip() -> None:
-    addrs = [Address("lo", "127.0.0.1/8"), Address("zt0", "fe80::1/64"), Address("zt0", "fd00::5/64"),
-             Address("zt1", "10.9.0.2/24"), Address("eth0", "192.168.1.2/24")]
-    assert pick_interface_ip(addrs, "eth0") == "192.168.1.2"
-    assert pick_interface_ip(addrs, "zt*") == "10.9.0.2"
-    assert pick_interface_ip(addrs, "zt0") == "fd00::5"
-    assert pick_interface_ip(addrs, "eth1") is None
-    assert pick_interface_ip(addrs, "e*") == "192.168.1.2"
-
-
 async def test_diagnostics_real_facts_and_item_timeout(tmp_path: Path) -> None:
-    diag = Diagnostics(tmp_path, PyrouteNetlink())
+    diag = Diagnostics(tmp_path, network_diagnostics)
 
     async def containers() -> str:
         return "app-1 Running"
@@ -101,7 +91,6 @@ async def test_diagnostics_real_facts_and_item_timeout(tmp_path: Path) -> None:
     assert "lo" in facts["interfaces"] and "127.0.0.1/8" in facts["interfaces"]
     assert "/dev/net/tun" in facts["tun"] and "GiB free" in facts["disk"]
     assert "layout:" in facts["cgroups"] and "user" in facts["namespaces"]
-    assert await diag.interface_ip("lo") == "127.0.0.1"
 
     class Slow(Diagnostics):
         def items(self):  # type: ignore[no-untyped-def]
