@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import NetworkSettings
-from app.errors import Category, InvalidArgument, NotFound, VappError
+from app.errors import AlreadyExists, Category, InvalidArgument, NotFound, VappError
 from app.runtime.network import dns, netns, usermode
 from app.runtime.network.bridge import BridgeNetwork, veth_names
 from app.runtime.network.netlink import Netlink
@@ -145,6 +145,7 @@ class NetworkManager:
         if kind is NetworkMode.POD:
             att.driver = "bridge" if self.pod_driver == "bridge" else "usermode"
             att.network = self.settings.bridge if att.driver == "bridge" else ""
+            self._check_ports(cid, ports)
         self.store.save(att)  # intent first: a crash from here on is found by reconcile()
         try:
             if kind is NetworkMode.NONE:
@@ -161,6 +162,18 @@ class NetworkManager:
             raise
         return att
 
+    def _check_ports(self, cid: str, ports: list[PortMapping]) -> None:
+        """A host port is published once per node: by another attachment, or by any other program."""
+        wanted = {(p.protocol, p.host_port): p for p in ports}
+        for other in self.store.all():
+            for raw in json.loads(other.ports):
+                taken = parse_port(raw)
+                if other.container_id != cid and (taken.protocol, taken.host_port) in wanted:
+                    raise AlreadyExists(
+                        f"host port {taken.host_port}/{taken.protocol} is already published by {other.container_id}",
+                        category=Category.NETWORK, details={"port": taken.to_dict(), "by": other.container_id})
+        usermode.check_ports_free(ports)
+
     def _loopback_up(self, att: NetAttachment) -> None:
         if self.rootless and att.pid is not None:
             netns.loopback_up_via_nsenter(att.pid)
@@ -171,7 +184,6 @@ class NetworkManager:
         assert target is not None
         driver, binary = usermode.find_helper(self.settings.usermode_helper)
         usermode.check_tun()
-        usermode.check_ports_free(ports)
         work = self.dir / att.container_id
         if driver == "pasta":
             info = usermode.start_pasta(binary, work, target, ports, ipv6=self.settings.ipv6)
