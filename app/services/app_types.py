@@ -83,8 +83,7 @@ class AppSpec(_Strict):
 
     Optional extensions (absent in old agents' requests): ``network`` is
     ``"private"`` (own namespace, default), ``"host"``, ``"none"`` or
-    ``"app:<app_id>"`` to join another app's network namespace;
-    ``restart_policy`` is ``"no"`` (default), ``"on-failure"`` or ``"always"``.
+    ``"app:<app_id>"`` to join another app's network namespace.
     """
 
     app_id: str
@@ -101,7 +100,6 @@ class AppSpec(_Strict):
     config_templates: list[ConfigTemplate] = Field(default_factory=list)
     setup_tasks: list[SetupTask] = Field(default_factory=list)
     network: str | None = None
-    restart_policy: Literal["no", "on-failure", "always"] | None = None
 
     @field_validator("app_id")
     @classmethod

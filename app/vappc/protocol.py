@@ -42,7 +42,7 @@ from app.services.app_types import (
 )
 
 PROTOCOL_VERSION = 2
-FEATURES = ("version", "request_id", "network_mode", "restart_policy", "group_shared_network", "stop_timeout")
+FEATURES = ("version", "request_id", "network_mode", "group_shared_network", "stop_timeout")
 DEFAULT_MAX_LINE = 1024 * 1024
 RequestId = str | int
 
