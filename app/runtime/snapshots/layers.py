@@ -83,8 +83,8 @@ class LayerSnapshots:
         """Commit the snapshot if missing; returns (info, True when unpacked now)."""
         if self.has(chain_id):
             return self.info(chain_id), False
-        if parent is not None and not self.has(parent):
-            raise NotFound(f"parent snapshot {parent} missing", category=Category.IMAGE)
+        # No parent check: a layer snapshot holds only its own changeset (overlay
+        # format), so layers of one image unpack in parallel and in any order.
         with self._guard:
             lock = self._locks.setdefault(chain_id, threading.Lock())
         with lock:
