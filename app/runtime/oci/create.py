@@ -84,8 +84,10 @@ def _maps(linux: dict[str, Any], key: str, own: int) -> list[tuple[int, int, int
 def write_id_maps(kernel: Kernel, pid: int, linux: dict[str, Any]) -> None:
     """Single own-ID maps (or any map as root) are written directly; ranges go through newuidmap."""
     uid, gid = os.geteuid(), os.getegid()
-    for key, own, tool, file in (("uidMappings", uid, "newuidmap", "uid_map"),
-                                 ("gidMappings", gid, "newgidmap", "gid_map")):
+    for key, own, tool, file in (
+        ("uidMappings", uid, "newuidmap", "uid_map"),
+        ("gidMappings", gid, "newgidmap", "gid_map"),
+    ):
         maps = _maps(linux, key, own)
         direct = uid == 0 or maps == [(maps[0][0], own, 1)]
         if direct:
@@ -99,8 +101,10 @@ def write_id_maps(kernel: Kernel, pid: int, linux: dict[str, Any]) -> None:
         argv = [tool, str(pid)] + [str(v) for triple in maps for v in triple]
         result = subprocess.run(argv, capture_output=True, check=False)
         if result.returncode != 0:
-            raise CreateError(f"{tool} failed: {result.stderr.decode(errors='replace').strip()} "
-                              f"(check /etc/sub{'uid' if tool == 'newuidmap' else 'gid'})")
+            raise CreateError(
+                f"{tool} failed: {result.stderr.decode(errors='replace').strip()} "
+                f"(check /etc/sub{'uid' if tool == 'newuidmap' else 'gid'})"
+            )
 
 
 def _bind_exec_socket(directory: str) -> socket.socket:
@@ -115,8 +119,20 @@ def _bind_exec_socket(directory: str) -> socket.socket:
     return listener
 
 
-def create(kernel: Kernel, root: str, container_id: str, bundle: str, *, console_socket: str | None = None,
-           pid_file: str | None = None, subreaper: bool = False) -> dict[str, Any]:
+def create(
+    kernel: Kernel,
+    root: str,
+    container_id: str,
+    bundle: str,
+    *,
+    console_socket: str | None = None,
+    pid_file: str | None = None,
+    subreaper: bool = False,
+    console: socket.socket | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Create the container; ``console`` (a connected socket) may replace ``console_socket``;
+    ``extra`` is merged into the stored state (the shim records itself there)."""
     if not state.valid_id(container_id):
         raise CreateError(f"invalid container id {container_id!r}")
     bundle = os.path.realpath(bundle)
@@ -128,25 +144,38 @@ def create(kernel: Kernel, root: str, container_id: str, bundle: str, *, console
     except FileExistsError as exc:
         raise CreateError(f"container with id {container_id!r} already exists") from exc
     st: dict[str, Any] = {
-        "ociVersion": cfg["ociVersion"], "id": container_id, "status": "creating", "pid": 0,
-        "bundle": bundle, "annotations": cfg.get("annotations") or {}, "hooks": cfg.get("hooks") or {},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cgroups": [],
-    }
+        "ociVersion": cfg["ociVersion"],
+        "id": container_id,
+        "status": "creating",
+        "pid": 0,
+        "bundle": bundle,
+        "annotations": cfg.get("annotations") or {},
+        "hooks": cfg.get("hooks") or {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cgroups": [],
+    } | (extra or {})
     state.save(root, st)
     try:
-        return _create(kernel, root, cfg, st, console_socket, pid_file, subreaper)
+        return _create(kernel, root, cfg, st, console_socket, pid_file, subreaper, console)
     except BaseException:
         _destroy(st)
         shutil.rmtree(directory, ignore_errors=True)
         raise
 
 
-def _create(kernel: Kernel, root: str, cfg: dict[str, Any], st: dict[str, Any], console_path: str | None,
-            pid_file: str | None, subreaper: bool) -> dict[str, Any]:
+def _create(
+    kernel: Kernel,
+    root: str,
+    cfg: dict[str, Any],
+    st: dict[str, Any],
+    console_path: str | None,
+    pid_file: str | None,
+    subreaper: bool,
+    console: socket.socket | None,
+) -> dict[str, Any]:
     linux = cfg.get("linux") or {}
     listener = _bind_exec_socket(state.container_dir(root, st["id"]))
-    console = None
-    if (cfg["process"] or {}).get("terminal"):
+    if (cfg["process"] or {}).get("terminal") and console is None:
         if not console_path:
             raise CreateError("process.terminal is true: --console-socket is required")
         console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -179,8 +208,15 @@ def _create(kernel: Kernel, root: str, cfg: dict[str, Any], st: dict[str, Any], 
     return st
 
 
-def _drive(kernel: Kernel, root: str, cfg: dict[str, Any], st: dict[str, Any], sync: socket.socket,
-           s_pid: int, cg: cgroups.CgroupSet) -> None:
+def _drive(
+    kernel: Kernel,
+    root: str,
+    cfg: dict[str, Any],
+    st: dict[str, Any],
+    sync: socket.socket,
+    s_pid: int,
+    cg: cgroups.CgroupSet,
+) -> None:
     linux = cfg.get("linux") or {}
     has_user = any(ns["type"] == "user" and not ns.get("path") for ns in linux.get("namespaces") or [])
     while True:
@@ -218,6 +254,9 @@ def _destroy(st: dict[str, Any]) -> None:
     if pid and state.process_alive(pid, st.get("pidStartTime")):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        deadline = time.monotonic() + 5
+        while state.process_alive(pid, st.get("pidStartTime")) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.002)
     cgroups.remove(list(st.get("cgroups") or []))

@@ -1,0 +1,166 @@
+"""The fork server: the only place container processes are forked from on behalf of the daemon.
+
+The daemon is multi-threaded (grpc, uvicorn, sqlite): forking it to set up namespaces is
+unsafe. :func:`start_forkserver` (called by ``vapp-core daemon`` before any thread exists)
+forks once and execs a fresh, lean, single-threaded interpreter running :func:`serve`,
+which pre-imports what container setup needs and forks per request::
+
+    daemon ──SOCK_SEQPACKET (JSON + SCM_RIGHTS)──► fork server
+       request {"op": "shim", ...}  fds [reply]              ─► fork ─ setsid ─ fork ─► shim
+       request {"op": "exec", ...}  fds [reply, stdin?, stdout?, stderr?] ─► fork ─► exec helper
+    each forked process answers on its own ``reply`` socket, so requests run concurrently.
+
+When the daemon dies the fork server reads EOF and exits; shims (setsid'd, reparented)
+keep their containers running.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+_MAX_FDS = 8
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+    payload = json.dumps(message).encode()
+    sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+
+
+def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    fds = array.array("i")
+    data, ancdata, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(_MAX_FDS * fds.itemsize))
+    for level, kind, raw in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(raw[: len(raw) - (len(raw) % fds.itemsize)])
+    if not data:
+        return None, list(fds)
+    return json.loads(data), list(fds)
+
+
+# --- server (the lean process) -------------------------------------------------------------
+def _reap(*_: Any) -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def serve(fd: int) -> None:
+    """The fork server loop; returns when the daemon closes its end."""
+    from app.runtime.backends import native  # noqa: F401  pre-import: children start warm
+    from app.runtime.supervise import execproc, shim
+
+    sock = socket.socket(fileno=fd)
+    signal.signal(signal.SIGCHLD, _reap)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to the daemon's group is not for us
+    while True:
+        try:
+            request, fds = _recv(sock)
+        except InterruptedError:
+            continue
+        if request is None:
+            return
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            sock.close()
+            reply = socket.socket(fileno=fds[0])
+            if request.get("op") == "shim":
+                os.setsid()
+                if os.fork():
+                    os._exit(0)
+                shim.run_shim(request, reply)
+            elif request.get("op") == "exec":
+                execproc.run_exec(request, reply, fds[1:])
+            os._exit(2)
+        for extra in fds:
+            os.close(extra)
+
+
+def _main() -> None:
+    serve(int(sys.argv[1]))
+
+
+# --- client (in the daemon) ----------------------------------------------------------------
+class ForkServer:
+    """Daemon-side handle. Thread-safe; replies are read asynchronously on per-request sockets."""
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self.sock, self.pid = sock, pid
+        self._lock = threading.Lock()
+
+    def request(self, message: dict[str, Any], fds: list[int] | None = None) -> socket.socket:
+        """Send one request; return our end of its reply socket (non-blocking)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with self._lock:
+                _send(self.sock, message, [theirs.fileno(), *(fds or [])])
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return ours
+
+    async def reply(self, sock: socket.socket, timeout: float | None = None) -> tuple[dict[str, Any] | None, list[int]]:
+        """Next message on a reply socket (None at EOF), with any fds it carried."""
+        import asyncio  # not at module level: the fork server stays lean
+
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        while True:
+            try:
+                return _recv(sock)
+            except BlockingIOError:
+                pass
+            loop.add_reader(sock.fileno(), ready)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            finally:
+                loop.remove_reader(sock.fileno())
+            waiter = loop.create_future()
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def start_forkserver(python: str | None = None) -> ForkServer:
+    """Fork + exec the fork server. Call before the daemon starts any thread."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = [
+        python or sys.executable,
+        "-s",
+        "-c",
+        "from app.runtime.forkserver import _main; _main()",
+        str(theirs.fileno()),
+    ]
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            os.set_inheritable(theirs.fileno(), True)
+            os.setpgid(0, 0)  # out of the daemon's process group: terminal signals are not ours
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    theirs.close()
+    return ForkServer(ours, pid)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,1 @@
+"""Supervision: shims that outlive the daemon, CRI logs, exit records."""

@@ -1,0 +1,175 @@
+"""The per-container shim: creates the container, copies its output to CRI logs, records its exit.
+
+Forked from the fork server (double fork + setsid, so it outlives the daemon), it is
+the container init's subreaper. Files (``<shims>/<id>/``)::
+
+    shim.json   {"shimPid", "shimStart", "pid", "pidStartTime", "runtime", "logPath"}
+    exit        {"status", "exitedAt", "pid"}   written atomically once the init is reaped
+
+Lifetime::
+
+    fork server ─fork─► setsid ─fork─► shim: subreaper · stdio pipes (or console socket)
+      backend.create() ─► reply {"type": "created", pid} on the request's socket ─►
+      copy loop (select: stdout, stderr, SIGCHLD wakeup) ─► init reaped ─► drain ─►
+      exit record ─► _exit(0)
+
+The daemon learns about the exit through a pidfd on the shim (works across restarts).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import time
+from typing import Any, NoReturn
+
+from app.runtime.kernel import PR_SET_CHILD_SUBREAPER
+from app.runtime.kernel.linux import LinuxKernel
+from app.runtime.oci import state
+from app.runtime.supervise.logs import LogWriter
+
+
+def shim_dir(shims_root: str, container_id: str) -> str:
+    return os.path.join(shims_root, container_id)
+
+
+def read_record(shims_root: str, container_id: str, name: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(shim_dir(shims_root, container_id), name), "rb") as fh:
+            data: dict[str, Any] = json.loads(fh.read())
+            return data
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _recv_fd(sock: socket.socket) -> int | None:
+    fds = array.array("i")
+    _, ancdata, _, _ = sock.recvmsg(64, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return fds[0] if fds else None
+
+
+def run_shim(req: dict[str, Any], reply: socket.socket) -> NoReturn:
+    """Entry point in the forked shim process; never returns."""
+    code = 1
+    try:
+        code = _run(req, reply)
+    finally:
+        os._exit(code)
+
+
+def _run(req: dict[str, Any], reply: socket.socket) -> int:
+    from app.runtime.backends.native import shim_create  # pre-imported by the fork server
+
+    kernel = LinuxKernel()
+    kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    directory = shim_dir(req["shims_root"], req["id"])
+    os.makedirs(directory, exist_ok=True)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    reopen = [False]
+    signal.signal(signal.SIGUSR1, lambda *_: reopen.__setitem__(0, True))
+    devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    streams: dict[int, str] = {}
+    console_parent = console_child = None
+    if req.get("tty"):
+        console_parent, console_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child_out = child_err = devnull
+    else:
+        out_r, child_out = os.pipe2(os.O_CLOEXEC)
+        err_r, child_err = os.pipe2(os.O_CLOEXEC)
+        streams = {out_r: "stdout", err_r: "stderr"}
+    os.dup2(devnull, 0)
+    os.dup2(child_out, 1)
+    os.dup2(child_err, 2)
+    try:
+        pid, start_time = shim_create(kernel, req, console_child)
+    except Exception as exc:
+        reply.send(json.dumps({"type": "error", "message": str(exc), "code": getattr(exc, "code", 1)}).encode())
+        return 1
+    finally:
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        for fd in {child_out, child_err} - {devnull}:
+            os.close(fd)
+    if console_parent is not None:
+        master = _recv_fd(console_parent)
+        console_parent.close()
+        if master is not None:
+            streams = {master: "stdout"}
+    record = {
+        "shimPid": os.getpid(),
+        "shimStart": (state.proc_stat(os.getpid()) or ("", 0))[1],
+        "pid": pid,
+        "pidStartTime": start_time,
+        "runtime": req.get("runtime", "native"),
+        "logPath": req["log_path"],
+    }
+    state.write_atomic(os.path.join(directory, "shim.json"), json.dumps(record).encode())
+    reply.send(json.dumps({"type": "created"} | record).encode())
+    reply.close()
+    writer = LogWriter(req["log_path"], int(req.get("log_max_bytes") or 0), int(req.get("log_max_files") or 1))
+    status = _copy_loop(streams, wake_r, pid, writer, reopen)
+    writer.close()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
+    state.write_atomic(
+        os.path.join(directory, "exit"), json.dumps({"status": status, "exitedAt": stamp, "pid": pid}).encode()
+    )
+    return 0
+
+
+def _copy_loop(streams: dict[int, str], wake_r: int, pid: int, writer: LogWriter, reopen: list[bool]) -> int:
+    status: int | None = None
+    drain_deadline = 0.0
+    while True:
+        timeout = 1.0 if status is None else max(0.0, drain_deadline - time.monotonic())
+        ready, _, _ = select.select([*streams, wake_r], [], [], timeout)
+        for fd in ready:
+            if fd == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
+                continue
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # EIO: the pty's last slave closed
+                data = b""
+            if data:
+                writer.write(streams[fd], data)
+            else:
+                writer.flush()
+                os.close(fd)
+                del streams[fd]
+        if reopen[0]:
+            reopen[0] = False
+            writer.reopen()
+        while status is None:
+            try:
+                reaped, raw = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                if not state.process_alive(pid, None):
+                    status, drain_deadline = 255, time.monotonic() + 0.5  # not ours: code unknown
+                break
+            if reaped == 0:
+                break
+            if reaped == pid:
+                status = exit_code(raw)
+                drain_deadline = time.monotonic() + 2.0
+        if status is not None:
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            if not streams or time.monotonic() >= drain_deadline:
+                return status
