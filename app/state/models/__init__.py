@@ -9,8 +9,8 @@ from sqlmodel import SQLModel
 
 from app.state.models import apps as _apps  # noqa: F401
 from app.state.models import blob as _blob  # noqa: F401
-from app.state.models import images as _images  # noqa: F401
 from app.state.models import containers as _containers  # noqa: F401
+from app.state.models import images as _images  # noqa: F401
 from app.state.models import intents as _intents  # noqa: F401
 from app.state.models import meta  # noqa: F401
 from app.state.models import network as _network  # noqa: F401
