@@ -76,6 +76,14 @@ def _selected(roles: list[str] | None, node_roles: tuple[str, ...]) -> bool:
     return roles is None or bool(set(roles) & set(node_roles))
 
 
+def _entries(values: list[str]) -> tuple[str, ...]:
+    """SAN entries: one rendered entry may expand to a comma-separated list; empties vanish."""
+    out: list[str] = []
+    for v in values:
+        out += [x.strip() for x in v.split(",") if x.strip() and x.strip() not in out]
+    return tuple(out)
+
+
 def _truthy(value: str | bool, where: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -149,7 +157,7 @@ def instantiate(intent: Intent, profile: Profile, templates_dir: Path | None, no
             continue
         rc = r.render_tree(c.model_dump(), ctx, where=f"pki.certs[{i}]")
         leaves.append(LeafRequest(rc["name"], rc["ca"], rc["cn"], tuple(rc["organization"]), tuple(rc["usages"]),
-                                  tuple(x for x in rc["dns"] if x), tuple(x for x in rc["ips"] if x)))
+                                  _entries(rc["dns"]), _entries(rc["ips"])))
     kcs = []
     for i, k in enumerate(profile.kubeconfigs):
         if not _selected(k.roles, intent.roles):
