@@ -1,0 +1,159 @@
+"""The pod service with real namespaces, real holders and real CNI plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.errors import AlreadyExists, InvalidArgument, NotFound
+from app.services import pod_process
+from app.services.pod_types import NsMode, PodPort, PodSpec, PodState
+from app.services.pods import PodService
+from app.state.db import Database
+from tests.cri.conftest import CniNet
+from tests.cri.netutil import link_exists, start_echo_in, tcp_probe_from, unique_suffix
+from tests.helpers.ports import free_port
+
+
+def spec(name: str, **kw: object) -> PodSpec:
+    return PodSpec(name=name, uid=f"uid-{name}", namespace="default", **kw)  # type: ignore[arg-type]
+
+
+def ns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+async def test_run_pod_gets_namespaces_hostname_dns_and_ip(pods: PodService, cni_net: CniNet) -> None:
+    pod = await pods.run(spec("web", hostname="web-host", dns_servers=("10.0.0.10",),
+                              dns_searches=("svc.cluster.local",), dns_options=("ndots:5",), dns_set=True,
+                              labels={"app": "web"}))
+    assert pod.state is PodState.READY and pod.ip.startswith(cni_net.subnet.rsplit(".", 1)[0])
+    paths = pod.namespace_paths()
+    assert set(paths) == {"network", "ipc", "uts"}
+    for kind, path in paths.items():
+        assert ns_inode(path) != ns_inode(f"/proc/self/ns/{'net' if kind == 'network' else kind}")
+    out = subprocess.run(["nsenter", f"--uts={paths['uts']}", "hostname"], capture_output=True, text=True)
+    assert out.stdout.strip() == "web-host"
+    files = pods.pod_files(pod.id)
+    resolv = files["resolv.conf"].read_text()
+    assert "nameserver 10.0.0.10" in resolv and "search svc.cluster.local" in resolv and "ndots:5" in resolv
+    assert pod.ip in files["hosts"].read_text()
+    assert link_exists("eth0", paths["network"]) and link_exists("lo", paths["network"])
+    assert [p.id for p in pods.list(labels={"app": "web"})] == [pod.id]
+    assert pods.list(labels={"app": "other"}) == []
+    assert pods.get(pod.id[:12]).id == pod.id
+
+
+async def test_two_pods_talk_and_portmap_and_dial(pods: PodService) -> None:
+    host_port = free_port()
+    a = await pods.run(spec("a"))
+    b = await pods.run(spec("b", ports=(PodPort(8080, host_port, "tcp", "127.0.0.1"),)))
+    echo = start_echo_in(b.netns_path, 8080)
+    try:
+        assert tcp_probe_from(a.netns_path, b.ip, 8080, b"x") == b"echo:x"
+        import socket
+        with socket.create_connection(("127.0.0.1", host_port), timeout=5) as s:
+            s.sendall(b"pm")
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(64) == b"echo:pm"
+        reader, writer = await pods.dial(b.id, 8080)  # port-forward path through the holder
+        writer.write(b"pf")
+        writer.write_eof()
+        assert await reader.read(64) == b"echo:pf"
+        writer.close()
+    finally:
+        echo.kill()
+        echo.wait()
+
+
+async def test_pid_sharing_and_host_namespaces(pods: PodService) -> None:
+    shared = await pods.run(spec("shared", pid=NsMode.POD))
+    assert "pid" in shared.namespace_paths()
+    assert ns_inode(shared.namespace_paths()["pid"]) != ns_inode("/proc/self/ns/pid")
+    host = await pods.run(spec("hostnet", network=NsMode.NODE, ipc=NsMode.NODE))
+    assert host.network == "host" and host.ip == "" and host.netns_path == ""
+    assert host.namespace_paths() == {}
+    with pytest.raises(ConnectionRefusedError):  # host network: dials the node's loopback directly
+        await pods.dial(host.id, free_port())
+
+
+async def test_stop_remove_idempotent_and_cleanup(pods: PodService, cni_net: CniNet) -> None:
+    pod = await pods.run(spec("gone"))
+    pid, start, netns = pod.holder_pid, pod.holder_start, pod.netns_path
+    await pods.stop(pod.id)
+    assert pods.get(pod.id).state is PodState.NOTREADY
+    assert not pod_process.alive(pid, start)
+    await pods.stop(pod.id)  # idempotent
+    await pods.remove(pod.id)
+    await pods.remove(pod.id)  # idempotent
+    with pytest.raises(NotFound):
+        pods.get(pod.id)
+    with pytest.raises(NotFound):
+        await pods.stop(pod.id)
+    assert not Path(netns).exists()
+    assert not list((cni_net.cache_dir / "results").glob(f"*{pod.id}*"))
+
+
+async def test_invalid_and_duplicate(pods: PodService) -> None:
+    with pytest.raises(InvalidArgument):
+        PodSpec(name="", uid="u", namespace="n")
+    await pods.run(spec("dup"))
+    with pytest.raises(AlreadyExists):
+        await pods.run(spec("dup"))
+
+
+async def test_restart_readopts_live_holders_and_settles_dead_ones(
+    tmp_path: Path, db: Database, cni_net: CniNet
+) -> None:
+    run_dir = Path(f"/tmp/vt-run-{unique_suffix()}")
+    first = PodService(db, tmp_path / "state", run_dir, cni_net.client())
+    live = await first.run(spec("live"))
+    dead = await first.run(spec("dead"))
+    os.kill(dead.holder_pid, 9)
+    for _ in range(500):
+        if not pod_process.alive(dead.holder_pid, dead.holder_start):
+            break
+        await asyncio.sleep(0.01)
+    second = PodService(db, tmp_path / "state", run_dir, cni_net.client())  # the daemon restarted
+    await second.restore()
+    assert second.get(live.id).state is PodState.READY
+    assert second.get(live.id).holder_pid == live.holder_pid
+    assert second.get(dead.id).state is PodState.NOTREADY
+    assert not list((cni_net.cache_dir / "results").glob(f"*{dead.id}*"))  # CNI DEL ran
+    for p in second.list():
+        await second.remove(p.id)
+    assert second.list() == []
+
+
+def _holder_pids() -> set[int]:
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if b"pod_holder.py" in (d / "cmdline").read_bytes() and pod_process.start_time(int(d.name)):
+                    out.add(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
+async def test_100_pods_leave_nothing_behind(pods: PodService, cni_net: CniNet) -> None:
+    before_holders = _holder_pids()
+    before_links = set(subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.split("\n"))
+    ids = []
+    for i in range(100):
+        ids.append((await pods.run(spec(f"many-{i}"))).id)
+    assert len(_holder_pids() - before_holders) == 100
+    for pod_id in ids:
+        await pods.stop(pod_id)
+        await pods.remove(pod_id)
+    assert _holder_pids() - before_holders == set()
+    links = set(subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.split("\n"))
+    leaked = [ln for ln in links - before_links if "veth" in ln]
+    assert leaked == []
+    assert not list((cni_net.cache_dir / "results").glob("*.json"))
+    assert not any((pods.files_root).iterdir())
