@@ -7,6 +7,8 @@ through ``helpers.testenv``; started lazily, the first time a test asks):
     test_images    pushed test images (see tests/fixtures/images.py): .busybox,
                    .multilayer, .multiarch, .zstd, .uncompressed, .big, or ["name"];
                    each with .ref, .manifest_digest, .oci_layout, .layers, ...
+                   .oci_layout is the shared build cache (.test-work/images/): READ-ONLY,
+                   copy it (shutil.copytree) before changing anything in it
     unpriv_user    the unprivileged test user (vapptest): .name .uid .gid .home
                    .subuid_start .subuid_count ...; run commands with
                    tests.helpers.users.run_as(user, argv)
@@ -14,6 +16,10 @@ through ``helpers.testenv``; started lazily, the first time a test asks):
                    the run: "postgresql://vapp@127.0.0.1:PORT/vapptest_<hex>"
     postgres       the server (helpers.postgres.PostgresInfo); create more databases
                    with helpers.postgres.create_database(postgres)
+
+Helpers: tests.helpers.ports.free_port(), tests.helpers.users.run_as/popen_as,
+tests.helpers.registry.running_registry(dir, proxy_url=...) for a private
+registry, tests.fixtures.images.MULTILAYER_EXPECTED for what "multilayer" unpacks to.
 """
 
 from __future__ import annotations

@@ -116,3 +116,16 @@ def test_postgres_url_connects(postgres_url: str) -> None:
     assert postgres_url.startswith("postgresql://vapp@127.0.0.1:")
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_private_registry_as_pull_through_peer(registry: RegistryInfo, test_images: TestImages,
+                                               tmp_path: Path) -> None:
+    """running_registry: a docker-registry proxying the shared one, stopped on exit."""
+    from tests.helpers.procs import pid_alive
+    from tests.helpers.registry import running_registry
+
+    with running_registry(tmp_path / "proxy", proxy_url=registry.url) as proxy:
+        assert proxy.host != registry.host
+        status, headers, _ = _get(f"{proxy.url}/v2/test/busybox/manifests/latest")
+        assert status == 200 and headers["Docker-Content-Digest"] == test_images.busybox.manifest_digest
+    assert not pid_alive(proxy.pid)

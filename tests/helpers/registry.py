@@ -13,11 +13,13 @@ import functools
 import json
 import shutil
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.helpers.ports import free_port
-from tests.helpers.procs import ServiceStartError, spawn_detached, wait_until
+from tests.helpers.procs import ServiceStartError, spawn_detached, stop_pid, wait_until
 
 REGISTRY_BIN = "docker-registry"
 
@@ -91,3 +93,16 @@ def start_registry(workdir: Path, *, proxy_url: str | None = None, attempts: int
             continue
         return RegistryInfo(host=f"127.0.0.1:{port}", pid=proc.pid, workdir=workdir)
     raise ServiceStartError(f"docker-registry failed {attempts} times: {last}")
+
+
+@contextmanager
+def running_registry(workdir: Path, *, proxy_url: str | None = None) -> Iterator[RegistryInfo]:
+    """A private registry for one test or benchmark (e.g. a pull-through peer), stopped on exit.
+
+    Use the session ``registry`` fixture unless the test needs its own storage or config.
+    """
+    info = start_registry(workdir, proxy_url=proxy_url)
+    try:
+        yield info
+    finally:
+        stop_pid(info.pid)
