@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from app.check import probes
 from app.check.probes import CheckEnv
@@ -35,20 +36,20 @@ from app.check.result import CheckResult, Severity, exit_code, render_json, rend
 __all__ = ["CheckEnv", "CheckResult", "Severity", "exit_code", "render_json", "render_text", "run_checks"]
 
 
-def _all(env: CheckEnv) -> list[Callable[[], CheckResult]]:
+def _all(env: CheckEnv) -> list[tuple[str, Callable[[], CheckResult]]]:
     return [
-        lambda: probes.check_userns(env),
-        lambda: probes.check_subids(env, "subuid"),
-        lambda: probes.check_subids(env, "subgid"),
-        lambda: probes.check_idmap_helpers(env),
-        lambda: probes.check_pasta(env),
-        lambda: probes.check_device(env, env.tun_device, "rootless networking (pasta, slirp4netns)"),
-        lambda: probes.check_device(env, env.fuse_device, "fuse-overlayfs"),
-        lambda: probes.check_overlay_userns(env),
-        lambda: probes.check_fuse_overlayfs(env),
-        lambda: probes.check_cgroups(env),
-        lambda: probes.check_sys_resource(env),
-        lambda: probes.check_oci_runtimes(env),
+        ("userns", lambda: probes.check_userns(env)),
+        ("subuid", lambda: probes.check_subids(env, "subuid")),
+        ("subgid", lambda: probes.check_subids(env, "subgid")),
+        ("idmap_helpers", lambda: probes.check_idmap_helpers(env)),
+        ("pasta", lambda: probes.check_pasta(env)),
+        ("tun", lambda: probes.check_device(env, env.tun_device, "rootless networking (pasta, slirp4netns)")),
+        ("fuse", lambda: probes.check_device(env, env.fuse_device, "fuse-overlayfs")),
+        ("overlay_userns", lambda: probes.check_overlay_userns(env)),
+        ("fuse_overlayfs", lambda: probes.check_fuse_overlayfs(env)),
+        ("cgroups", lambda: probes.check_cgroups(env)),
+        ("cap_sys_resource", lambda: probes.check_sys_resource(env)),
+        ("oci_runtimes", lambda: probes.check_oci_runtimes(env)),
     ]
 
 
@@ -57,14 +58,14 @@ def run_checks(env: CheckEnv | None = None) -> list[CheckResult]:
     env = env or CheckEnv()
     checks = _all(env)
     with ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="vapp-check") as pool:
-        futures = [pool.submit(check) for check in checks]
-        return [_result(f.result) for f in futures]
+        futures = [(check_id, pool.submit(check)) for check_id, check in checks]
+        return [replace(_result(check_id, f.result), id=check_id) for check_id, f in futures]
 
 
-def _result(get: Callable[[], CheckResult]) -> CheckResult:
+def _result(check_id: str, get: Callable[[], CheckResult]) -> CheckResult:
     # A probe that crashes is a bug in the probe, not a broken machine: report, never raise.
     try:
         return get()
     except Exception as exc:
-        return CheckResult("internal", False, Severity.WARN, f"a check crashed: {type(exc).__name__}: {exc}",
+        return CheckResult(check_id, False, Severity.WARN, f"the check crashed: {type(exc).__name__}: {exc}",
                            "report this as a bug")

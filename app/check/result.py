@@ -25,6 +25,7 @@ class CheckResult:
     severity: Severity  # what a failure of this check means (meaningful when not ok)
     detail: str
     fix: str = ""  # a hint, shown when not ok
+    id: str = ""  # stable machine name ("userns", "fuse"...), set by run_checks
 
     @property
     def status(self) -> str:

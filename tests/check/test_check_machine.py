@@ -87,7 +87,7 @@ def test_fuse_device_not_usable_by_user(unpriv_user: UnprivUser, open_tmp: Path)
     node.chmod(0o600)
     _, results = _check_as(unpriv_user, fuse_device=str(node))
     fuse = results[str(node)]
-    assert fuse["ok"] is False and fuse["status"] == "warn"
+    assert fuse["id"] == "fuse" and fuse["ok"] is False and fuse["status"] == "warn"
     assert "mode 0600" in str(fuse["detail"]) and "Permission denied" in str(fuse["detail"])
     assert fuse["fix"] == f"chmod 666 {node} (as root; udev does this on most systems)"
     node.chmod(0o666)

@@ -154,10 +154,14 @@ def test_rendering_and_exit_codes() -> None:
     doc = json.loads(render_json([ok, fatal]))
     assert doc["ok"] is False
     assert doc["results"][1] == {"name": "c", "ok": False, "severity": "fatal", "detail": "broken",
-                                 "fix": "do y", "status": "fail"}
+                                 "fix": "do y", "status": "fail", "id": ""}
 
 
 def test_results_in_documented_order() -> None:
-    names = [r.name for r in run_checks(CheckEnv(search_path=os.devnull))]
+    results = run_checks(CheckEnv(search_path=os.devnull))
+    names = [r.name for r in results]
     assert names[:3] == ["user namespaces", "/etc/subuid range", "/etc/subgid range"]
     assert names[-1] == "crun/runc" and len(names) == 12
+    assert [r.id for r in results] == ["userns", "subuid", "subgid", "idmap_helpers", "pasta", "tun", "fuse",
+                                       "overlay_userns", "fuse_overlayfs", "cgroups", "cap_sys_resource",
+                                       "oci_runtimes"]
