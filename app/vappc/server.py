@@ -54,6 +54,12 @@ ProgressFn = Callable[[Progress], None]
 _READ_CHUNK = 256 * 1024
 _MAX_QUEUED = 64  # ordered requests buffered per connection before we stop reading
 _MAX_CONCURRENT = 64  # id-tagged requests in flight per connection
+_DRAIN_ABOVE = 64 * 1024
+# Answered from the reader loop itself when nothing is queued before them: they are
+# quick and touch no container, so a task and a queue hop would only add latency.
+_INLINE = frozenset({"Ping", "Version", "AppState", "ListApps", "GetInterfaceIp"})
+# Long commands run as their own task, shielded from the connection going away.
+_DETACHED = frozenset({"StartApp", "StartContainerGroup", "StopApp", "UpdateDnsRecords"})
 
 
 class VappcBackend(Protocol):
@@ -126,6 +132,7 @@ class _Connection:
         self.queue: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue(_MAX_QUEUED)
         self.slots = asyncio.Semaphore(_MAX_CONCURRENT)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.pending = 0  # ordered jobs queued or running
 
     def send(self, line: bytes) -> None:
         if self.closed:
@@ -136,7 +143,8 @@ class _Connection:
             self.closed = True
 
     async def flush(self) -> None:
-        if self.closed:
+        # drain() only matters when the peer reads slower than we write.
+        if self.closed or self.writer.transport.get_write_buffer_size() < _DRAIN_ABOVE:
             return
         try:
             await self.writer.drain()
@@ -145,7 +153,14 @@ class _Connection:
 
     async def worker(self) -> None:
         while (job := await self.queue.get()) is not None:
-            await job()
+            try:
+                await job()
+            finally:
+                self.pending -= 1
+
+    async def enqueue(self, job: Callable[[], Awaitable[None]]) -> None:
+        self.pending += 1
+        await self.queue.put(job)
 
     async def run_request(self, req: p.Request) -> None:
         clamp = p.ProgressClamp()
@@ -168,12 +183,15 @@ class _Connection:
         except p.RequestError as exc:
             err = p.error_line(exc, exc.request_id)
             if exc.request_id is None:
-                await self.queue.put(functools.partial(self.answer, err))
+                await self.enqueue(functools.partial(self.answer, err))
             else:
                 self.send(err)
             return
         if req.id is None:
-            await self.queue.put(functools.partial(self.run_request, req))
+            if self.pending == 0 and req.cmd in _INLINE:
+                await self.run_request(req)
+            else:
+                await self.enqueue(functools.partial(self.run_request, req))
             return
         await self.slots.acquire()
         task = asyncio.get_running_loop().create_task(self.run_request(req))
@@ -256,7 +274,9 @@ class VappcServer:
             Path(self.settings.socket).unlink()
 
     async def run(self, req: p.Request, progress: ProgressFn) -> bytes:
-        """Execute a request as its own task, so a vanished client cannot cancel it."""
+        """Execute a request; long ones as their own task, so a vanished client cannot cancel them."""
+        if req.cmd not in _DETACHED:
+            return await execute(self.backend, req, progress)
         task = asyncio.get_running_loop().create_task(execute(self.backend, req, progress))
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
@@ -312,7 +332,7 @@ class VappcServer:
                 if isinstance(event, p.LineTooLong):
                     limit = self.settings.max_line_bytes
                     err = p.RequestError(f"request line longer than {limit} bytes; closing the connection")
-                    await conn.queue.put(functools.partial(conn.answer, p.error_line(err)))
+                    await conn.enqueue(functools.partial(conn.answer, p.error_line(err)))
                     return
                 await conn.submit(event)
 
