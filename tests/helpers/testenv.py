@@ -136,9 +136,19 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)  # readers never see a half-written description
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time (field 22 of /proc/PID/stat): tells a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _watchdog(owner_pid: int, run_dir: Path) -> None:
+    started = _start_time(owner_pid)
     while run_dir.exists():
-        if not pid_alive(owner_pid):
+        if not pid_alive(owner_pid) or _start_time(owner_pid) != started:
             TestEnv(run_dir).teardown()
             return
         time.sleep(1.0)
