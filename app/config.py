@@ -63,6 +63,7 @@ class UpstreamSettings(Section):
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     tag_ttl_seconds: float = 300.0
+    repository_tag_ttl: dict[str, float] = Field(default_factory=dict)  # repository -> TTL override
 
 
 class BlobSettings(Section):

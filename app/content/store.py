@@ -292,7 +292,7 @@ class _LocalWriter:
             and data_path.exists()
         )
         if resumable:
-            fh = data_path.open("r+b")
+            fh = data_path.open("r+b", buffering=0)  # unbuffered: readers see every write at once
             while chunk := fh.read(_READ_CHUNK):  # rebuild the hash so it covers the whole blob
                 self._hash.update(chunk)
             self._offset = fh.tell()
@@ -307,7 +307,7 @@ class _LocalWriter:
         os.replace(tmp, meta_path)
         self._hash = hashlib.sha256()
         self._offset = 0
-        return data_path.open("w+b")
+        return data_path.open("w+b", buffering=0)
 
     @property
     def ref(self) -> str:

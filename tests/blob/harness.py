@@ -1,0 +1,116 @@
+"""Run the cache in-process (uvicorn on a free port in the test's loop) and helpers around it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from app.api.registry import create_registry_app
+from app.blob.cache import BlobCache
+from app.config import BlobSettings, UpstreamSettings
+from app.content import LocalContentStore
+from app.oci.manifest import Platform
+from app.services.cache import CacheService
+from app.state.db import open_database
+from tests.helpers.ports import free_port
+from tests.helpers.registry import RegistryInfo, start_registry
+
+
+@dataclasses.dataclass
+class RunningCache:
+    service: CacheService
+    cache: BlobCache
+    store: LocalContentStore
+    port: int
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+
+def blob_settings(upstreams: dict[str, dict[str, Any]] | None = None, **kw: Any) -> BlobSettings:
+    ups = {k: UpstreamSettings(**v) for k, v in (upstreams or {}).items()}
+    return BlobSettings(upstreams=ups, **kw)
+
+
+def local_upstream(reg: RegistryInfo | str, **kw: Any) -> dict[str, Any]:
+    host = reg if isinstance(reg, str) else reg.host
+    return {"url": f"http://{host}", **kw}
+
+
+@contextlib.asynccontextmanager
+async def running_cache(root: Path, settings: BlobSettings, **app_kw: Any) -> AsyncIterator[RunningCache]:
+    root.mkdir(parents=True, exist_ok=True)
+    db = open_database(f"sqlite:///{root / 'vapp.db'}")
+    store = LocalContentStore(root / "content")
+    cache = BlobCache(settings, store, db)
+    service = CacheService(cache, platform=Platform("linux", "amd64"))
+    await service.start()
+    app = create_registry_app(service, **app_kw)
+    server: uvicorn.Server | None = None
+    task: asyncio.Task[None] | None = None
+    for _ in range(5):
+        port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                                lifespan="off")  # fmt: skip
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            break
+    assert server is not None and task is not None and server.started, "cache server did not start"
+    try:
+        yield RunningCache(service, cache, store, port)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(task, 5)
+        await service.close()
+        db.close()
+
+
+@contextlib.contextmanager
+def extra_registry(workdir: Path, **kw: Any) -> Any:
+    info = start_registry(workdir, **kw)
+    try:
+        yield info
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.pid, signal.SIGKILL)
+
+
+async def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return subprocess.CompletedProcess(list(argv), proc.returncode or 0, out, err)
+
+
+async def skopeo_copy(src: str, dest: str, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
+    return await run("skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", *extra,
+                     src, dest, timeout=timeout)  # fmt: skip
+
+
+async def push_layout(layout: Path, dest: str) -> None:
+    """Push a test image's OCI layout into another registry (``dest`` = host/repo:tag)."""
+    res = await skopeo_copy(f"oci:{layout}:latest", f"docker://{dest}", "--all")
+    assert res.returncode == 0, res.stderr.decode()
