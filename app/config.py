@@ -128,6 +128,13 @@ class BootstrapSettings(Section):
     intents_dir: Path | None = None  # default <state_dir>/intents
     reconcile_interval_seconds: float = 10.0
     cert_renew_days: int = 90
+    enabled: bool = True
+    driver: Literal["auto", "container", "host"] = "auto"  # auto: containers when the service is wired
+    profile_dirs: list[Path] = Field(default_factory=list)  # searched before the built-in profiles
+    node_name: str | None = None  # default: the host name, lowercased
+    node_ip: str = "127.0.0.1"  # the address components advertise
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
 
 
 class Settings(BaseSettings):
