@@ -45,7 +45,6 @@ class Node:
     apps: Any = None  # app.services.apps
     pods: Any = None  # app.services.pods
     bootstrap: Any = None  # app.bootstrap service
-    check_results: list[Any] = field(default_factory=list)
     routers: list[APIRouter] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
@@ -66,6 +65,22 @@ async def build_node(settings: Settings) -> Node:
     node = Node(settings=settings, db=db)
 
     # --- slot: blob (content store, cache service, admin router) -----------------
+    from app.api.registry import create_admin_router
+    from app.blob.cache import BlobCache
+    from app.content import LocalContentStore
+    from app.oci.manifest import Platform
+    from app.services.cache import CacheService
+
+    node.content = LocalContentStore(settings.content_dir)
+    # The cache is built even with blob.enabled = false: the runtime pulls through it in-process
+    # (node.cache.fetcher); "enabled" only decides whether the /v2 listener is opened.
+    node.cache = CacheService(
+        BlobCache(settings.blob, node.content, db),
+        platform=Platform.parse(settings.runtime.platform) if settings.runtime.platform else Platform.host(),
+    )
+    await node.cache.start()
+    node.closers.append(node.cache.close)
+    node.routers.append(create_admin_router(node.cache))
     # --- slot: runtime images ----------------------------------------------------
     # --- slot: runtime containers + network --------------------------------------
     # --- slot: apps (vappc) --------------------------------------------------------
@@ -83,5 +98,12 @@ def build_listeners(node: Node, admin_app: Any) -> list[Listener]:
     listeners: list[Listener] = [AsgiListener("admin", admin_app, s.admin_listen)]
     listeners.append(CriListener(node))
     # --- slot: registry /v2 listener (blob) ---------------------------------------
+    if s.blob.enabled and node.cache is not None:
+        from app.api.registry import create_registry_app
+
+        listeners.append(
+            AsgiListener("registry", create_registry_app(node.cache, s.blob.htpasswd), s.blob.listen,
+                         tls_cert=s.blob.tls_cert, tls_key=s.blob.tls_key)
+        )
     # --- slot: vappc listener --------------------------------------------------------
     return listeners

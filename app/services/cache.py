@@ -5,7 +5,7 @@ Construction (``app/wiring.py``)::
     store   = LocalContentStore(settings.content_dir)
     cache   = BlobCache(settings.blob, store, db, in_use=None)       # app.blob.cache
     service = CacheService(cache, platform=Platform.host())           # then: await service.start()
-    fetcher = CacheFetcher(cache)                                     # for the runtime's image pulls
+    fetcher = service.fetcher                                         # for the runtime's image pulls
     app     = create_registry_app(service)                            # /v2 ASGI app, settings.blob.listen
     router  = create_admin_router(service)                            # /v1/cache/... on the admin app
 
@@ -16,9 +16,11 @@ data (no HTTP types).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from app.blob.cache import BlobCache, BlobHandle, ManifestResult
+from app.blob.fetcher import CacheFetcher
 from app.blob.prepull import Prepuller
 from app.blob.tags import list_tags
 from app.oci.manifest import Platform
@@ -28,6 +30,11 @@ class CacheService:
     def __init__(self, cache: BlobCache, *, platform: Platform | None = None) -> None:
         self.cache = cache
         self.prepuller = Prepuller(cache, platform or Platform.host(), cache.settings.prepull_concurrency)
+        self.fetcher = CacheFetcher(cache)  # what the runtime's image pull uses in-process
+
+    def set_in_use(self, in_use: Callable[[str], bool]) -> None:
+        """The runtime's "is this blob part of an image a container uses" check (never evicted)."""
+        self.cache.in_use = in_use
 
     async def start(self) -> None:
         await self.cache.start()
