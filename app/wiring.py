@@ -84,6 +84,12 @@ async def build_node(settings: Settings) -> Node:
     # --- slot: runtime images ----------------------------------------------------
     # --- slot: runtime containers + network --------------------------------------
     # --- slot: apps (vappc) --------------------------------------------------------
+    from app.api.http.routes_apps import router as apps_router
+    from app.services.app_engines import build_app_service
+
+    node.apps = build_app_service(node)
+    await node.apps.recover()
+    node.routers.append(apps_router)
     # --- slot: pods (CRI) -----------------------------------------------------------
     # --- slot: bootstrap -----------------------------------------------------------
     return node
@@ -106,4 +112,8 @@ def build_listeners(node: Node, admin_app: Any) -> list[Listener]:
                          tls_cert=s.blob.tls_cert, tls_key=s.blob.tls_key)
         )
     # --- slot: vappc listener --------------------------------------------------------
+    if node.apps is not None:
+        from app.vappc.server import VappcServer
+
+        listeners.append(VappcServer(s.vappc, node.apps, socket_mode=s.socket_mode, socket_group=s.socket_group))
     return listeners
