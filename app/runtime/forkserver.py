@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -29,12 +30,12 @@ from typing import Any
 _MAX_FDS = 8
 
 
-def _send(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+def send_message(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
     payload = json.dumps(message).encode()
     sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
-def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+def recv_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     fds = array.array("i")
     data, ancdata, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(_MAX_FDS * fds.itemsize))
     for level, kind, raw in ancdata:
@@ -62,7 +63,7 @@ def serve(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to the daemon's group is not for us
     while True:
         try:
-            request, fds = _recv(sock)
+            request, fds = recv_message(sock)
         except InterruptedError:
             continue
         if request is None:
@@ -92,8 +93,8 @@ def _main() -> None:
 class ForkServer:
     """Daemon-side handle. Thread-safe; replies are read asynchronously on per-request sockets."""
 
-    def __init__(self, sock: socket.socket, pid: int) -> None:
-        self.sock, self.pid = sock, pid
+    def __init__(self, sock: socket.socket, pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+        self.sock, self.pid, self._proc = sock, pid, proc
         self._lock = threading.Lock()
 
     def request(self, message: dict[str, Any], fds: list[int] | None = None) -> socket.socket:
@@ -101,7 +102,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with self._lock:
-                _send(self.sock, message, [theirs.fileno(), *(fds or [])])
+                send_message(self.sock, message, [theirs.fileno(), *(fds or [])])
         finally:
             theirs.close()
         ours.setblocking(False)
@@ -120,7 +121,7 @@ class ForkServer:
 
         while True:
             try:
-                return _recv(sock)
+                return recv_message(sock)
             except BlockingIOError:
                 pass
             loop.add_reader(sock.fileno(), ready)
@@ -132,34 +133,24 @@ class ForkServer:
 
     def close(self) -> None:
         self.sock.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+        if self._proc is not None:
+            self._proc.wait(10)
 
 
 def start_forkserver(python: str | None = None) -> ForkServer:
-    """Fork + exec the fork server. Call before the daemon starts any thread."""
+    """Start the fork server (a fresh interpreter). Call it early in ``vapp-core daemon``;
+    spawning uses fork+exec (``subprocess``), so it stays safe even if threads already exist."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    argv = [
-        python or sys.executable,
-        "-s",
-        "-c",
-        "from app.runtime.forkserver import _main; _main()",
-        str(theirs.fileno()),
-    ]
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ours.close()
-            os.set_inheritable(theirs.fileno(), True)
-            os.setpgid(0, 0)  # out of the daemon's process group: terminal signals are not ours
-            os.execve(argv[0], argv, env)
-        finally:
-            os._exit(127)
+    argv = [python or sys.executable, "-s", "-c", "from app.runtime.forkserver import _main; _main()",
+            str(theirs.fileno())]
+    # process_group=0: out of the daemon's group, so a terminal ^C is not delivered to it
+    proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env=env, process_group=0,
+                            stdin=subprocess.DEVNULL)
     theirs.close()
-    return ForkServer(ours, pid)
+    return ForkServer(ours, proc.pid, proc)
 
 
 if __name__ == "__main__":

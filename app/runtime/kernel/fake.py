@@ -58,3 +58,6 @@ class FakeKernel:
 
     def mknod(self, path: str, mode: int, device: int) -> None:
         self._record("mknod", path, mode, device)
+
+    def loopback_up(self) -> None:
+        self._record("loopback_up")

@@ -144,6 +144,8 @@ def init(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: soc
             owns_netns="network" in types and not types["network"].get("path"),
             owns_ipcns="ipc" in types and not types["ipc"].get("path"),
         )
+        if ctx.owns_netns:
+            kernel.loopback_up()  # a new netns starts with lo down; containers expect 127.0.0.1
         rootfs.prepare_root(kernel, ctx)
         dev_tmpfs = False
         for m in cfg.get("mounts") or []:

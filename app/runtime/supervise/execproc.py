@@ -15,9 +15,9 @@ import socket
 from typing import Any, NoReturn
 
 from app.runtime import kernel as k
+from app.runtime.forkserver import send_message
 from app.runtime.kernel.linux import LinuxKernel
 from app.runtime.oci import process, state
-from app.runtime.oci.init import send_fd
 from app.runtime.supervise.shim import exit_code
 
 _ORDER = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
@@ -68,7 +68,7 @@ def _run(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> int:
         _child(kernel, req, stdio, master, slave)
     if master >= 0:
         os.close(slave)
-        send_fd(reply, master, "pty")
+        send_message(reply, {"type": "pty"}, [master])
         os.close(master)
     for fd in stdio:
         os.close(fd)
