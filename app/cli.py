@@ -56,22 +56,20 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_daemon(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
-    # The fork server must exist before any thread does (grpc, uvicorn, sqlite pools).
-    try:
-        from app.runtime.forkserver import start_forkserver
-    except ImportError:
-        start_forkserver = None  # type: ignore[assignment]
-    if start_forkserver is not None:
-        start_forkserver(settings)
-    from app.check import exit_code, render_text, run_checks
+    from app.check import CheckEnv, exit_code, render_text, run_checks
 
-    results = run_checks()
+    # Probe mounts on the state dir's filesystem: that is where snapshots will live.
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    results = run_checks(CheckEnv(scratch_dir=settings.state_dir))
     if exit_code(results) != 0 and not args.skip_check:
         log.error("system check failed; fix the items below or pass --skip-check\n%s", render_text(results))
         return 1
+    for r in results:
+        if not r.ok:
+            log.warning("check: %s: %s%s", r.name, r.detail, f" (fix: {r.fix})" if r.fix else "")
     from app.daemon import run_daemon
 
-    return run_daemon(settings)
+    return run_daemon(settings, check_results=results)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from app import __version__
@@ -51,8 +52,9 @@ def sd_notify(message: str) -> bool:
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, check_results: Sequence[Any] = ()) -> None:
         self.settings = settings
+        self.check_results = list(check_results)
         self.node: Node | None = None
         self.listeners: list[Listener] = []
         self.addresses: dict[str, list[str]] = {}
@@ -69,10 +71,6 @@ class Daemon:
         s = self.settings
         summary = s.model_dump(mode="json", exclude={"admin_token", "database_url"})
         summary["database"] = "postgresql" if s.db_url.startswith("postgres") else "sqlite"
-        checks = [
-            getattr(r, "__dict__", r) if not hasattr(r, "to_dict") else r.to_dict()
-            for r in (self.node.check_results if self.node else [])
-        ]
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -80,7 +78,7 @@ class Daemon:
             "rootless": os.geteuid() != 0,
             "listeners": self.addresses,
             "config": summary,
-            "checks": checks,
+            "checks": [r.to_json() for r in self.check_results],
         }
 
     def request_stop(self) -> None:
@@ -145,7 +143,7 @@ class Daemon:
         log.info("vapp-core stopped")
 
 
-def run_daemon(settings: Settings) -> int:
-    daemon = Daemon(settings)
+def run_daemon(settings: Settings, check_results: Sequence[Any] = ()) -> int:
+    daemon = Daemon(settings, check_results)
     asyncio.run(daemon.run())
     return 0

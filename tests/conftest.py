@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +126,21 @@ def postgres() -> PostgresInfo:
 @pytest.fixture(scope="session")
 def postgres_url(postgres: PostgresInfo) -> str:
     return create_database(postgres)
+
+
+@pytest.fixture
+def user_tmp(unpriv_user: UnprivUser) -> Iterator[Path]:
+    """A temp dir owned by the unprivileged user, outside pytest's 0700 tmp tree.
+
+    Removed as root afterwards: rootless containers leave files owned by
+    subordinate ids that the user itself cannot always delete.
+    """
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="vapp-user-"))
+    os.chown(path, unpriv_user.uid, unpriv_user.gid)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -181,11 +181,8 @@ def test_json_logs(tmp_path: Path) -> None:
     assert all({"ts", "level", "logger", "msg"} <= rec.keys() for rec in lines)
 
 
-def test_rootless_daemon_uses_user_dirs(tmp_path: Path, unpriv_user) -> None:
-    work = tmp_path / "rootless"
-    work.mkdir()
-    os.chown(work, unpriv_user.uid, unpriv_user.gid)
-    with DaemonProcess(work / "d", user=unpriv_user) as d:
+def test_rootless_daemon_uses_user_dirs(user_tmp: Path, unpriv_user) -> None:
+    with DaemonProcess(user_tmp / "d", user=unpriv_user) as d:
         info = d.get("/v1/info").json()
         assert info["rootless"] is True
         assert d.cri_socket.stat().st_uid == unpriv_user.uid
