@@ -160,3 +160,30 @@ async def test_killed_pull_resumes_without_refetching(pull_env: PullEnv, test_im
         if proc.poll() is None:
             proc.kill()
         server.close()
+
+
+async def test_pull_through_the_node_cache_fetcher(tmp_path: Path, test_images, registry) -> None:  # type: ignore[no-untyped-def]
+    """The blob engine's in-process CacheFetcher satisfies the images Fetcher protocol."""
+    from app.blob.cache import BlobCache
+    from app.config import BlobSettings, UpstreamSettings
+    from app.runtime.images.unpacker import LayerUnpacker
+    from app.runtime.snapshots.layers import LayerSnapshots
+    from app.services.cache import CacheService
+
+    db = open_database(f"sqlite:///{tmp_path / 'vapp.db'}")
+    store = LocalContentStore(tmp_path / "content")
+    settings = BlobSettings(upstreams={registry.host: UpstreamSettings(url=registry.url)})
+    cache = CacheService(BlobCache(settings, store, db))
+    await cache.start()
+    try:
+        layers = LayerSnapshots(tmp_path / "snapshots")
+        puller = Puller(
+            cache.fetcher, store, layers, LayerUnpacker.for_this_process(), platform=Platform("linux", "amd64")
+        )
+        svc = ImageService(db, puller, layers, store, pins=cache.fetcher)
+        rec = await svc.pull(test_images.multilayer.ref)
+        assert rec.id == test_images.multilayer.config_digest
+        assert all(layers.has(c) for c in rec.chain_ids)
+        assert all(store.exists(d) for d in test_images.multilayer.layers), "one copy, in the shared store"
+    finally:
+        await cache.close()

@@ -13,8 +13,10 @@ killed pull is resumed with an HTTP Range request.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import httpx
@@ -24,17 +26,39 @@ from app.errors import AlreadyExists, Category, NotFound, PermissionDenied, Unau
 from app.oci import mediatypes as mt
 from app.oci.reference import Reference
 
-Progress = Callable[[int, int], None]  # (bytes done, total) — monotonic
+Progress = Callable[[int, "int | None"], None]  # (bytes done, total) — monotonic
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    body: bytes
+    media_type: str
+    digest: str
+
+
+class ManifestBytes(Protocol):
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
 
 
 class Fetcher(Protocol):
-    """Lifecycle: ``get_manifest`` (by tag or digest) → ``ensure_blob`` for config and layers."""
+    """Lifecycle: ``resolve`` (tag or pinned digest) → ``fetch_manifest`` (an index's
+    child) → ``ensure_blob`` for config and layers (verified into the content store).
+    ``app.blob.fetcher.CacheFetcher`` implements it over the node's cache."""
 
-    async def get_manifest(self, ref: Reference, reference: str) -> tuple[bytes, str, str]:
-        """``(body, media_type, digest)``; when ``reference`` is a digest the body hashes to it."""
+    async def resolve(self, ref: Reference) -> ManifestBytes: ...
+
+    async def fetch_manifest(self, ref: Reference, digest: str) -> ManifestBytes:
+        """The manifest ``digest`` of ``ref``'s repository; the body hashes to ``digest``."""
         ...
 
-    async def ensure_blob(self, ref: Reference, digest: str, size: int, progress: Progress | None = None) -> None:
+    async def ensure_blob(
+        self, ref: Reference, digest: str, size: int | None = None, progress: Progress | None = None
+    ) -> Path | None:
         """Make ``digest`` present and verified in the content store."""
         ...
 
@@ -97,7 +121,13 @@ class RegistryFetcher:
         doc = resp.json()
         self._tokens[ref.repository] = doc.get("token") or doc.get("access_token") or ""
 
-    async def get_manifest(self, ref: Reference, reference: str) -> tuple[bytes, str, str]:
+    async def resolve(self, ref: Reference) -> Resolved:
+        return await self._manifest(ref, ref.object)
+
+    async def fetch_manifest(self, ref: Reference, digest: str) -> Resolved:
+        return await self._manifest(ref, digest)
+
+    async def _manifest(self, ref: Reference, reference: str) -> Resolved:
         resp = await self._request(
             ref, self._url(ref, "manifests", reference), {"Accept": ", ".join(mt.DEFAULT_ACCEPT)}
         )
@@ -107,13 +137,15 @@ class RegistryFetcher:
         if reference.startswith("sha256:") and digest != reference:
             raise Unavailable("manifest does not match its digest", category=Category.IMAGE)
         media_type = resp.headers.get("content-type", "").split(";")[0].strip()
-        return body, media_type, digest
+        return Resolved(body, media_type, digest)
 
-    async def ensure_blob(self, ref: Reference, digest: str, size: int, progress: Progress | None = None) -> None:
+    async def ensure_blob(
+        self, ref: Reference, digest: str, size: int | None = None, progress: Progress | None = None
+    ) -> Path:
         if self.store.exists(digest):
             if progress:
-                progress(size, size)
-            return
+                progress(size or 0, size)
+            return self.store.path(digest)
         try:
             writer = self.store.writer(f"pull-{digest}", expected_digest=digest, expected_size=size)
         except AlreadyExists as exc:  # another process is fetching it: wait and look again
@@ -144,3 +176,4 @@ class RegistryFetcher:
             writer.commit()
         finally:
             writer.close()
+        return self.store.path(digest)

@@ -2,8 +2,8 @@
 
 ::
 
-    parse ref ─► get_manifest(tag|digest) ─► index? ─► select_platform (never another arch)
-                                                   ─► get_manifest(platform digest)
+    parse ref ─► resolve(tag|digest) ─► index? ─► select_platform (never another arch)
+                                               ─► fetch_manifest(platform digest)
             ─► ensure_blob(config) ─► parse config (diff_ids, os/arch checked)
             ─► per layer, at most ``concurrency`` at once, in any order:
                    snapshot for chain ID committed? ─► "cached" (nothing fetched)
@@ -110,7 +110,7 @@ class Puller:
         self.retry_deadline = retry_deadline
         self.max_backoff = max_backoff
         self._jobs: dict[str, _Job] = {}
-        self._blobs: dict[str, asyncio.Future[None]] = {}
+        self._blobs: dict[str, asyncio.Future[Path | None]] = {}
 
     # --- retries -------------------------------------------------------------------------
     async def _retry(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -130,23 +130,20 @@ class Puller:
 
     # --- manifest and config ---------------------------------------------------------------
     async def resolve(self, ref: Reference) -> tuple[ImageManifest, str, str | None]:
-        body, media_type, digest = await self._retry(
-            f"manifest {ref}", lambda: self.fetcher.get_manifest(ref, ref.object)
-        )
-        if ref.digest and digest != ref.digest:
+        got = await self._retry(f"manifest {ref}", lambda: self.fetcher.resolve(ref))
+        if ref.digest and got.digest != ref.digest:
             raise InvalidArgument("manifest does not match the pinned digest", category=Category.IMAGE)
-        parsed = parse_manifest(body, media_type)
-        index_digest = None
+        parsed = parse_manifest(got.body, got.media_type)
+        digest, index_digest = got.digest, None
         if isinstance(parsed, Index):
             index_digest = digest
             p = self.platform
             desc = select_platform(parsed, p.os, p.architecture, p.variant)
-            body, media_type, digest = await self._retry(
-                f"manifest {desc.digest}", lambda: self.fetcher.get_manifest(ref, desc.digest)
-            )
-            if digest != desc.digest:
+            child = await self._retry(f"manifest {desc.digest}", lambda: self.fetcher.fetch_manifest(ref, desc.digest))
+            if child.digest != desc.digest:
                 raise InvalidArgument("platform manifest does not match its digest", category=Category.IMAGE)
-            parsed = parse_manifest(body, media_type)
+            parsed = parse_manifest(child.body, child.media_type)
+            digest = child.digest
             if isinstance(parsed, Index):
                 raise InvalidArgument("nested image index is not supported", category=Category.IMAGE)
         return parsed, digest, index_digest
@@ -262,7 +259,9 @@ class Puller:
             fetched = not self.store.exists(desc.digest)
             await self._retry(
                 f"layer {desc.digest}",
-                lambda: self.fetcher.ensure_blob(ref, desc.digest, desc.size, lambda d, t: send("downloading", d, t)),
+                lambda: self.fetcher.ensure_blob(
+                    ref, desc.digest, desc.size, lambda d, t: send("downloading", d, t or desc.size)
+                ),
             )
             send("extracting", desc.size, desc.size)
             blob = self.store.path(desc.digest)
