@@ -303,7 +303,7 @@ class VappcServer:
         refused = check(writer.get_extra_info("socket"))
         if refused is not None:
             await conn.answer(p.error_line(refused))
-            await _close(writer)
+            await _linger(reader, writer)
             return
         worker = asyncio.get_running_loop().create_task(conn.worker())
         try:
@@ -335,6 +335,21 @@ class VappcServer:
                     await conn.enqueue(functools.partial(conn.answer, p.error_line(err)))
                     return
                 await conn.submit(event)
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then swallow what the refused peer still sends (briefly), then close.
+
+    Closing at once would make a peer that writes its request right after
+    connecting fail with EPIPE before it can read why it was refused.
+    """
+    with contextlib.suppress(Exception):
+        writer.write_eof()
+        budget = 1024 * 1024
+        async with asyncio.timeout(1.0):
+            while budget > 0 and (chunk := await reader.read(65536)):
+                budget -= len(chunk)
+    await _close(writer)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
