@@ -1,0 +1,253 @@
+"""CRI container RPCs over the container service (``node.containers``) and image service.
+
+The container's root filesystem comes from ``node.cri_rootfs`` (wiring provides it:
+``async prepare(container_id, image_record) -> str`` and ``async release(container_id)``),
+so this door never mounts anything itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import grpc
+from cri_api.v1 import api_pb2 as pb
+
+from app.api.cri import container_convert as cc
+from app.api.cri.errors import cri_rpc, cri_stream
+from app.api.cri.events import EventHub
+from app.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from app.services.container_types import ContainerInfo, ContainerStatus
+from app.services.pod_types import PodState
+
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+_EVENT = {"created": pb.CONTAINER_CREATED_EVENT, "started": pb.CONTAINER_STARTED_EVENT,
+          "exited": pb.CONTAINER_STOPPED_EVENT, "deleted": pb.CONTAINER_DELETED_EVENT}
+
+
+class ContainerRpcs:
+    def __init__(self, node: Any, events: EventHub) -> None:
+        self.node = node
+        self.events = events
+        events.feed_factory = self._feed_events
+
+    @property
+    def containers(self) -> Any:
+        if self.node.containers is None:
+            raise Unavailable("the container service is not running on this node")
+        return self.node.containers
+
+    async def _cri_info(self, container_id: str) -> ContainerInfo:
+        if not container_id:
+            raise InvalidArgument("container_id must not be empty", details={"field": "container_id"})
+        info: ContainerInfo = await self.containers.inspect(container_id)
+        if not cc.is_cri(info):
+            raise NotFound(f"container {container_id!r} is not a CRI container")
+        return info
+
+    async def require_running(self, container_id: str) -> str:
+        info = await self._cri_info(container_id)
+        if info.status is not ContainerStatus.RUNNING:
+            raise FailedPrecondition(f"container {info.id} is not running (state {info.status.value})")
+        return info.id
+
+    async def pod_container_statuses(self, pod_id: str) -> list[pb.ContainerStatus]:
+        if self.node.containers is None:
+            return []
+        infos = await self.node.containers.list()
+        return [cc.container_status(i) for i in infos if i.annotations.get(cc.POD_KEY) == pod_id]
+
+    async def _list(self, f: Any) -> list[ContainerInfo]:
+        infos: list[ContainerInfo] = await self.containers.list()
+        return [i for i in infos if cc.is_cri(i) and cc.matches(i, f)]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @cri_rpc
+    async def CreateContainer(self, request: pb.CreateContainerRequest, context: Ctx) -> pb.CreateContainerResponse:
+        cc.validate(request)
+        pods = self.node.pods
+        if pods is None:
+            raise Unavailable("the pod service is not running on this node")
+        pod = pods.get(request.pod_sandbox_id)
+        if pod.state is not PodState.READY:
+            raise FailedPrecondition(f"pod sandbox {pod.id} is not ready")
+        containers, images = self.containers, self.node.images
+        rootfs_provider = getattr(self.node, "cri_rootfs", None)
+        if images is None or rootfs_provider is None:
+            raise Unavailable("image service or container root filesystems are not wired on this node")
+        cfg = request.config
+        image = images.get(cfg.image.image)
+        cid = secrets.token_hex(32)
+        log_path = str(Path(pod.spec.log_directory) / cfg.log_path) if pod.spec.log_directory and cfg.log_path \
+            else ""
+        spec = cc.container_spec(cid, cfg, pod, pods.pod_files(pod.id), image.id, image.id, log_path)
+        rootfs = await rootfs_provider.prepare(cid, image)
+        try:
+            from app.services.container_types import CreateRequest
+
+            handler = pod.spec.runtime_handler or None
+            await containers.create(CreateRequest(spec=spec, rootfs=rootfs, image_config=image.config,
+                                                  image=image.id, runtime=handler, log_path=log_path or None))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await rootfs_provider.release(cid)
+            raise
+        return pb.CreateContainerResponse(container_id=cid)
+
+    @cri_rpc
+    async def StartContainer(self, request: pb.StartContainerRequest, context: Ctx) -> pb.StartContainerResponse:
+        info = await self._cri_info(request.container_id)
+        await self.containers.start(info.id)
+        return pb.StartContainerResponse()
+
+    @cri_rpc
+    async def StopContainer(self, request: pb.StopContainerRequest, context: Ctx) -> pb.StopContainerResponse:
+        info = await self._cri_info(request.container_id)
+        if info.status in (ContainerStatus.CREATED, ContainerStatus.RUNNING):
+            await self.containers.stop(info.id, float(max(request.timeout, 0)))
+        return pb.StopContainerResponse()
+
+    @cri_rpc
+    async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: Ctx) -> pb.RemoveContainerResponse:
+        try:
+            info = await self._cri_info(request.container_id)
+        except NotFound:
+            return pb.RemoveContainerResponse()  # idempotent
+        await self.containers.remove(info.id, force=True)
+        provider = getattr(self.node, "cri_rootfs", None)
+        if provider is not None:
+            await provider.release(info.id)
+        return pb.RemoveContainerResponse()
+
+    async def stop_pod_containers(self, pod_id: str) -> None:
+        """Pod service hook: stop every container of a pod (StopPodSandbox)."""
+        if self.node.containers is None:
+            return
+        for info in await self.node.containers.list():
+            if info.annotations.get(cc.POD_KEY) == pod_id and info.status is ContainerStatus.RUNNING:
+                await self.node.containers.stop(info.id, 0)
+
+    async def remove_pod_containers(self, pod_id: str) -> None:
+        if self.node.containers is None:
+            return
+        for info in await self.node.containers.list():
+            if info.annotations.get(cc.POD_KEY) == pod_id:
+                await self.node.containers.remove(info.id, force=True)
+                provider = getattr(self.node, "cri_rootfs", None)
+                if provider is not None:
+                    await provider.release(info.id)
+
+    # -- views ----------------------------------------------------------------------------------
+    @cri_rpc
+    async def ListContainers(self, request: pb.ListContainersRequest, context: Ctx) -> pb.ListContainersResponse:
+        return pb.ListContainersResponse(containers=[cc.container(i) for i in await self._list(request.filter)])
+
+    @cri_rpc
+    async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Ctx) -> pb.ContainerStatusResponse:
+        info = await self._cri_info(request.container_id)
+        return pb.ContainerStatusResponse(status=cc.container_status(info))
+
+    @cri_rpc
+    async def ContainerStats(self, request: pb.ContainerStatsRequest, context: Ctx) -> pb.ContainerStatsResponse:
+        info = await self._cri_info(request.container_id)
+        return pb.ContainerStatsResponse(stats=_stats(info))
+
+    @cri_rpc
+    async def ListContainerStats(self, request: pb.ListContainerStatsRequest,
+                                 context: Ctx) -> pb.ListContainerStatsResponse:
+        return pb.ListContainerStatsResponse(stats=[_stats(i) for i in await self._list(request.filter)])
+
+    @cri_rpc
+    async def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: Ctx) -> pb.PodSandboxStatsResponse:
+        if self.node.pods is None:
+            raise Unavailable("the pod service is not running on this node")
+        pod = self.node.pods.get(request.pod_sandbox_id)
+        return pb.PodSandboxStatsResponse(stats=_pod_stats(pod))
+
+    @cri_rpc
+    async def ListPodSandboxStats(self, request: pb.ListPodSandboxStatsRequest,
+                                  context: Ctx) -> pb.ListPodSandboxStatsResponse:
+        if self.node.pods is None:
+            raise Unavailable("the pod service is not running on this node")
+        f = request.filter
+        pods = self.node.pods.list(id_prefix=f.id, labels=dict(f.label_selector))
+        return pb.ListPodSandboxStatsResponse(stats=[_pod_stats(p) for p in pods])
+
+    # -- in-container operations --------------------------------------------------------------
+    @cri_rpc
+    async def ExecSync(self, request: pb.ExecSyncRequest, context: Ctx) -> pb.ExecSyncResponse:
+        if not request.cmd:
+            raise InvalidArgument("cmd must not be empty", details={"field": "cmd"})
+        cid = await self.require_running(request.container_id)
+        timeout = float(request.timeout) if request.timeout > 0 else None
+        result = await self.containers.exec(cid, list(request.cmd), timeout)
+        if result.timed_out:
+            raise DeadlineExceeded(f"command {list(request.cmd)!r} timed out after {request.timeout}s")
+        return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    @cri_rpc
+    async def UpdateContainerResources(self, request: pb.UpdateContainerResourcesRequest,
+                                       context: Ctx) -> pb.UpdateContainerResourcesResponse:
+        info = await self._cri_info(request.container_id)
+        update = getattr(self.containers, "update_resources", None)
+        if update is None:
+            raise Unavailable("the container service cannot update resources on this node yet")
+        await update(info.id, request.linux)
+        return pb.UpdateContainerResourcesResponse()
+
+    @cri_rpc
+    async def ReopenContainerLog(self, request: pb.ReopenContainerLogRequest,
+                                 context: Ctx) -> pb.ReopenContainerLogResponse:
+        info = await self._cri_info(request.container_id)
+        if info.status is not ContainerStatus.RUNNING:
+            raise FailedPrecondition(f"container {info.id} is not running")
+        reopen = getattr(self.containers, "reopen_log", None)
+        if reopen is None:
+            raise Unavailable("the container service cannot reopen logs on this node yet")
+        await reopen(info.id)
+        return pb.ReopenContainerLogResponse()
+
+    @cri_stream
+    async def GetContainerEvents(self, request: pb.GetEventsRequest,
+                                 context: Ctx) -> AsyncIterator[pb.ContainerEventResponse]:
+        async for event in self.events.subscribe():
+            yield event
+
+    async def _feed_events(self, hub: EventHub) -> None:
+        if self.node.containers is None:
+            return
+        async for ev in self.node.containers.events():
+            kind = _EVENT.get(ev.type)
+            if kind is None:
+                continue
+            statuses = []
+            with contextlib.suppress(Exception):
+                info = await self.node.containers.inspect(ev.container_id)
+                if not cc.is_cri(info):
+                    continue
+                statuses = [cc.container_status(info)]
+            hub.publish(pb.ContainerEventResponse(container_id=ev.container_id, container_event_type=kind,
+                                                  created_at=int(ev.at * 1e9), containers_statuses=statuses))
+
+
+def _stats(info: ContainerInfo) -> pb.ContainerStats:
+    attrs = pb.ContainerAttributes(id=info.id, metadata=pb.ContainerMetadata(
+        name=info.annotations.get(cc.NAME_KEY, info.name)), labels=info.labels,
+        annotations=cc.visible(info.annotations))
+    now = time.time_ns()
+    return pb.ContainerStats(attributes=attrs, cpu=pb.CpuUsage(timestamp=now),
+                             memory=pb.MemoryUsage(timestamp=now))
+
+
+def _pod_stats(pod: Any) -> pb.PodSandboxStats:
+    from app.api.cri import convert
+
+    attrs = pb.PodSandboxAttributes(id=pod.id, metadata=convert.metadata(pod.spec), labels=pod.spec.labels,
+                                    annotations=pod.spec.annotations)
+    now = time.time_ns()
+    return pb.PodSandboxStats(attributes=attrs, linux=pb.LinuxPodSandboxStats(
+        cpu=pb.CpuUsage(timestamp=now), memory=pb.MemoryUsage(timestamp=now)))
