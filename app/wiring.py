@@ -91,6 +91,14 @@ async def build_node(settings: Settings) -> Node:
     await node.apps.recover()
     node.routers.append(apps_router)
     # --- slot: pods (CRI) -----------------------------------------------------------
+    if settings.cri.enabled:
+        from app.runtime.network.cni import CniClient
+        from app.services.pods import PodService
+
+        cri = settings.cri
+        node.pods = PodService(db, settings.state_dir, settings.run_dir,
+                               CniClient(cri.cni_conf_dir, cri.cni_bin_dirs, settings.state_dir / "cni"))
+        await node.pods.restore()  # re-adopt live pod holders, settle dead ones
     # --- slot: bootstrap -----------------------------------------------------------
     return node
 
