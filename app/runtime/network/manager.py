@@ -219,7 +219,7 @@ class NetworkManager:
         ports = [parse_port(p) for p in json.loads(att.ports)] if att else []
         for pid in json.loads(att.helper_pids) if att else []:
             marker = str(work / ("helper.pid" if att and att.driver == "pasta" else "slirp.sock"))
-            netns.stop_helper(int(pid), marker)
+            netns.stop_helper(int(pid), marker, wait=bool(ports))
         self._stop_orphan_helpers(work)
         if (att is None or att.driver == "bridge") and not self.rootless:
             self.bridge.detach(cid, ports)

@@ -105,22 +105,38 @@ def helper_alive(pid: int, marker: str) -> bool:
     return state != "Z" and any(marker in part for part in cmd)
 
 
-def stop_helper(pid: int, marker: str, grace: float = 1.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; only if it is still our helper."""
+def _exited(pid: int) -> bool:
+    """Gone or a zombie: only then are its sockets closed (its cmdline empties earlier, at exit_mm)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def stop_helper(pid: int, marker: str, grace: float = 1.0, *, wait: bool = True) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; only if it is still our helper.
+
+    With ``wait`` it returns once the helper has fully exited, so its published ports
+    are free again (an exit takes tens of ms here; without ports there is nothing to wait for).
+    """
     if not helper_alive(pid, marker):
         _reap(pid)
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+    for sig, timeout in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + wait
+        if not wait:
+            _reap(pid)
+            return
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             _reap(pid)
-            if not helper_alive(pid, marker):
+            if _exited(pid):
                 return
-            time.sleep(0.005)
+            time.sleep(0.002)
 
 
 def _reap(pid: int) -> None:
