@@ -114,3 +114,58 @@ async def push_layout(layout: Path, dest: str) -> None:
     """Push a test image's OCI layout into another registry (``dest`` = host/repo:tag)."""
     res = await skopeo_copy(f"oci:{layout}:latest", f"docker://{dest}", "--all")
     assert res.returncode == 0, res.stderr.decode()
+
+
+def _answers(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/v2/", timeout=0.5):
+            return True
+    except urllib.error.HTTPError:
+        return True  # 401 from an auth-enabled registry is an answer
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def auth_registry(workdir: Path, auth: dict[str, Any]) -> Any:
+    """docker-registry with an ``auth`` section (htpasswd or token) on a free port; killed on exit."""
+    import functools
+    import json
+
+    from tests.helpers.procs import spawn_detached, wait_until
+    from tests.helpers.registry import registry_config
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "storage").mkdir(exist_ok=True)
+    port = free_port()
+    config = registry_config(port, workdir / "storage")
+    config["auth"] = auth
+    (workdir / "config.yml").write_text(json.dumps(config))
+    proc = spawn_detached(["docker-registry", "serve", str(workdir / "config.yml")], workdir / "registry.log")
+    try:
+        wait_until(functools.partial(_answers, f"http://127.0.0.1:{port}"), timeout=15, what="auth registry",
+                   proc=proc, log_path=workdir / "registry.log")  # fmt: skip
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(app: Any) -> AsyncIterator[int]:
+    """Serve a small ASGI app (token server) on a free loopback port in this loop."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None,
+                                           access_log=False, lifespan="off"))  # fmt: skip
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    assert server.started
+    try:
+        yield server.config.port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 5)
