@@ -247,3 +247,35 @@ def test_attachment_json_roundtrip(tmp_path: Path) -> None:
         assert "127.0.0.53" in (tmp_path / "run/network/h/resolv.conf").read_text()  # host keeps loopback
 
     asyncio.run(run())
+
+
+def test_admin_routes(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from fastapi.testclient import TestClient
+
+    from app.api.http.routes_network import router
+    from app.errors import HTTP_STATUS
+
+    nl, nft = FakeNetlink(host_routes=[Route("default", "192.0.2.1", "eth0")]), FakeNft()
+    m = _manager(tmp_path, f"sqlite:///{tmp_path}/v.db", nl, nft)
+    asyncio.run(m.setup("web", "pod", [f"{free_port()}:80"], _fake_ns(tmp_path, nl, "web")))
+    app = FastAPI()
+    app.state.node = SimpleNamespace(network=m)
+
+    @app.exception_handler(VappError)
+    async def _err(_req: object, exc: VappError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=HTTP_STATUS[exc.kind])
+
+    app.include_router(router, prefix="/v1")
+    client = TestClient(app)
+    listing = client.get("/v1/networks").json()
+    assert listing["driver"] == "bridge" and listing["attachments"][0]["container_id"] == "web"
+    one = client.get("/v1/networks/web").json()
+    assert one["addresses"] == ["10.77.0.2/29"] and one["ports"][0]["container_port"] == 80
+    assert client.get("/v1/networks/nope").status_code == 404
+    diag = client.get("/v1/networks/diagnostics").json()
+    assert "web mode=pod driver=bridge addresses=10.77.0.2/29" in diag["attachments"]
+    assert "default via 192.0.2.1" in diag["routes"]

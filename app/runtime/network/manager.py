@@ -25,14 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.config import NetworkSettings
+from app.config import NetworkSettings, Settings
 from app.errors import AlreadyExists, Category, InvalidArgument, NotFound, VappError
 from app.runtime.network import dns, netns, usermode
 from app.runtime.network.bridge import BridgeNetwork, veth_names
-from app.runtime.network.netlink import Netlink
-from app.runtime.network.nft import Rules, chain_name
+from app.runtime.network.netlink import Netlink, PyrouteNetlink
+from app.runtime.network.nft import Nft, Rules, chain_name
 from app.runtime.network.store import NetworkStore, dump
 from app.runtime.network.types import NetworkMode, PortMapping, parse_mode, parse_port
+from app.state.db import Database
 from app.state.models.network import NetAttachment
 
 
@@ -114,8 +115,8 @@ class NetworkManager:
         """Uninstall/reset: every attachment, the nft table and the bridge."""
         for att in await asyncio.to_thread(self.store.all):
             await self.teardown(att.container_id)
-        await asyncio.to_thread(self.nft.destroy)
-        if not self.rootless:
+        if not self.rootless:  # rootless nodes never create rules or bridges
+            await asyncio.to_thread(self.nft.destroy)
             await asyncio.to_thread(self.bridge.destroy)
 
     # --- blocking internals ---------------------------------------------------------------
@@ -276,3 +277,9 @@ def _check_unique(ports: list[PortMapping]) -> None:
         if key in seen:
             raise InvalidArgument(f"host port {p.host_port}/{p.protocol} published twice", category=Category.NETWORK)
         seen.add(key)
+
+
+def build_network_manager(settings: Settings, db: Database) -> NetworkManager:
+    """What ``app/wiring.py`` calls: the real netlink seam and nftables, paths from ``settings``."""
+    net = settings.network
+    return NetworkManager(net, NetworkStore(db), settings.run_dir, PyrouteNetlink(), Nft(net.nft_table))

@@ -25,7 +25,7 @@ def parse_mode(text: str | None) -> tuple[NetworkMode, str | None]:
         if not target:
             raise InvalidArgument(f"network mode {value!r} needs an id", category=Category.NETWORK)
         return NetworkMode.CONTAINER, target
-    aliases = {"host": NetworkMode.HOST, "none": NetworkMode.NONE, "pod": NetworkMode.POD,
+    aliases = {"host": NetworkMode.HOST, "none": NetworkMode.NONE, "new": NetworkMode.NONE, "pod": NetworkMode.POD,
                "bridge": NetworkMode.POD, "private": NetworkMode.POD}
     if value not in aliases:
         raise InvalidArgument(
