@@ -82,6 +82,27 @@ async def build_node(settings: Settings) -> Node:
     node.closers.append(node.cache.close)
     node.routers.append(create_admin_router(node.cache))
     # --- slot: runtime images ----------------------------------------------------
+    import asyncio
+
+    from app.api.http.routes_images import router as images_router
+    from app.runtime.images.pull import Puller
+    from app.runtime.images.unpacker import LayerUnpacker
+    from app.runtime.snapshots.layers import LayerSnapshots
+    from app.runtime.snapshots.select import build_snapshotter
+    from app.services.images import ImageService
+
+    unpacker = LayerUnpacker.for_this_process()
+    snap_root = settings.state_dir / "snapshots"
+    layers = LayerSnapshots(snap_root, remover=unpacker.remove)
+    snapshotter, _why = build_snapshotter(settings.runtime.snapshotter, layers, snap_root, remover=unpacker.remove)
+    puller = Puller(
+        node.cache.fetcher, node.content, layers, unpacker,
+        platform=Platform.parse(settings.runtime.platform) if settings.runtime.platform else Platform.host(),
+        concurrency=settings.runtime.pull_concurrency,
+    )  # fmt: skip
+    node.images = ImageService(db, puller, layers, node.content, pins=node.cache.fetcher, snapshotter=snapshotter)
+    await asyncio.to_thread(node.images.restore)  # drop interrupted extractions, re-pin blobs
+    node.routers.append(images_router)
     # --- slot: runtime containers + network --------------------------------------
     # --- slot: apps (vappc) --------------------------------------------------------
     from app.api.http.routes_apps import router as apps_router

@@ -1,8 +1,7 @@
 """CRI container RPCs over the container service (``node.containers``) and image service.
 
-The container's root filesystem comes from ``node.cri_rootfs`` (wiring provides it:
-``async prepare(container_id, image_record) -> str`` and ``async release(container_id)``),
-so this door never mounts anything itself.
+The container's root filesystem comes from :func:`~app.api.cri.rootfs.rootfs_for`
+(``node.cri_rootfs`` if wiring sets one, else the node's snapshotter + kernel mounter).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from cri_api.v1 import api_pb2 as pb
 from app.api.cri import container_convert as cc
 from app.api.cri.errors import cri_rpc, cri_stream
 from app.api.cri.events import EventHub
+from app.api.cri.rootfs import rootfs_for
 from app.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from app.services.container_types import ContainerInfo, ContainerStatus
 from app.services.pod_types import PodState
@@ -76,7 +76,7 @@ class ContainerRpcs:
         if pod.state is not PodState.READY:
             raise FailedPrecondition(f"pod sandbox {pod.id} is not ready")
         containers, images = self.containers, self.node.images
-        rootfs_provider = getattr(self.node, "cri_rootfs", None)
+        rootfs_provider = rootfs_for(self.node)
         if images is None or rootfs_provider is None:
             raise Unavailable("image service or container root filesystems are not wired on this node")
         cfg = request.config
@@ -118,7 +118,7 @@ class ContainerRpcs:
         except NotFound:
             return pb.RemoveContainerResponse()  # idempotent
         await self.containers.remove(info.id, force=True)
-        provider = getattr(self.node, "cri_rootfs", None)
+        provider = rootfs_for(self.node)
         if provider is not None:
             await provider.release(info.id)
         return pb.RemoveContainerResponse()
@@ -137,7 +137,7 @@ class ContainerRpcs:
         for info in await self.node.containers.list():
             if info.annotations.get(cc.POD_KEY) == pod_id:
                 await self.node.containers.remove(info.id, force=True)
-                provider = getattr(self.node, "cri_rootfs", None)
+                provider = rootfs_for(self.node)
                 if provider is not None:
                     await provider.release(info.id)
 

@@ -1,0 +1,168 @@
+"""Full CRI pod + container lifecycle: busybox from the shared registry, real runtime, real CNI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as pb
+from cri_api.v1 import api_pb2_grpc as pb_grpc
+from websockets.asyncio.client import connect as ws_connect
+
+from app.api.cri.servicers import add_cri_servicers
+from app.config import RuntimeSettings, Settings
+from app.content.store import LocalContentStore
+from app.oci.manifest import Platform
+from app.runtime.forkserver import start_forkserver
+from app.runtime.images.fetch import RegistryFetcher
+from app.runtime.images.pull import Puller
+from app.runtime.images.unpacker import LayerUnpacker
+from app.runtime.snapshots.layers import LayerSnapshots
+from app.runtime.snapshots.overlay import OverlaySnapshotter
+from app.services.containers import ContainerService
+from app.services.images import ImageService
+from app.services.pods import PodService
+from app.state.db import Database
+from tests.cri.test_grpc import FakeNode, code_of, pod_config
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, db: Database, pods: PodService, registry: Any) -> AsyncIterator[Any]:
+    store = LocalContentStore(tmp_path / "content")
+    layers = LayerSnapshots(tmp_path / "snapshots")
+    fetcher = RegistryFetcher(store, registry.url)
+    puller = Puller(fetcher, store, layers, LayerUnpacker.for_this_process(), platform=Platform.host())
+    images = ImageService(db, puller, layers, store)
+    forkserver = start_forkserver()
+    containers = ContainerService(db, forkserver, state_dir=tmp_path / "state",
+                                  run_dir=Path(f"/tmp/vcr-{uuid.uuid4().hex[:8]}"),
+                                  settings=RuntimeSettings(stop_grace_seconds=2.0))
+    node = FakeNode(Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run"), pods=pods,
+                    containers=containers, images=images)
+    node.snapshotter = OverlaySnapshotter(layers, tmp_path / "rootfs")  # type: ignore[attr-defined]
+    server = grpc.aio.server()
+    add_cri_servicers(server, node)
+    sock = f"/tmp/vt-cri-{uuid.uuid4().hex[:8]}.sock"
+    server.add_insecure_port(f"unix:{sock}")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"unix:{sock}")
+    rt, im = pb_grpc.RuntimeServiceStub(channel), pb_grpc.ImageServiceStub(channel)
+    yield rt, im, node, tmp_path
+    for c in (await rt.ListContainers(pb.ListContainersRequest())).containers:
+        await rt.RemoveContainer(pb.RemoveContainerRequest(container_id=c.id))
+    for p in (await rt.ListPodSandbox(pb.ListPodSandboxRequest())).items:
+        await rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id))
+    await channel.close()
+    for closer in node.closers:
+        await closer()
+    await server.stop(0)
+    await containers.close()
+    forkserver.close()
+    await fetcher.aclose()
+    Path(sock).unlink(missing_ok=True)
+
+
+async def test_full_lifecycle_with_logs_exec_and_filters(stack: Any, test_images: Any) -> None:
+    rt, im, _node, tmp = stack
+    ref = test_images.busybox.ref
+    image_ref = (await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))).image_ref
+    status = await im.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=ref)))
+    assert status.image.id == image_ref and ref in status.image.repo_tags
+    assert (await im.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image="nope:1")))).HasField("image") \
+        is False
+    logs = tmp / "podlogs"
+    config = pod_config("life", hostname="life-host", log_directory=str(logs))
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config))).pod_sandbox_id
+    cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="main"), image=pb.ImageSpec(image=ref),
+                             command=["sh", "-c", "echo hello-cri; echo err-line >&2; exec sleep 1000"],
+                             envs=[pb.KeyValue(key="FOO", value="bar")], labels={"role": "main"},
+                             log_path="main/0.log")
+    cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg,
+                                                              sandbox_config=config))).container_id
+    st = (await rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid))).status
+    assert st.state == pb.CONTAINER_CREATED and st.image_ref == image_ref and st.metadata.name == "main"
+    await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    out = await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "echo $FOO; hostname"],
+                                               timeout=10))
+    assert out.exit_code == 0 and out.stdout.split() == [b"bar", b"life-host"]
+    assert (await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "exit 4"]))).exit_code == 4
+    ip = (await rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id))).status.network.ip
+    out = await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["ip", "-4", "-o", "addr", "show", "eth0"]))
+    assert ip and ip.encode() in out.stdout  # the container lives in the pod's network namespace
+
+    # exec over the streaming server (WebSocket v5)
+    url = (await rt.Exec(pb.ExecRequest(container_id=cid, cmd=["sh", "-c", "cat; exit 3"], stdin=True,
+                                        stdout=True, stderr=True))).url
+    got: dict[int, bytes] = {}
+    async with ws_connect("ws://" + url.removeprefix("http://"), subprotocols=["v5.channel.k8s.io"]) as ws:
+        await ws.send(b"\x00in-container")
+        await ws.send(b"\xff\x00")
+        async for msg in ws:
+            assert isinstance(msg, bytes)
+            got[msg[0]] = got.get(msg[0], b"") + msg[1:]
+    assert got[1] == b"in-container"
+    assert json.loads(got[3])["details"]["causes"][0]["message"] == "3"
+
+    listed = (await rt.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(
+        pod_sandbox_id=pod_id, label_selector={"role": "main"})))).containers
+    assert [c.id for c in listed] == [cid] and listed[0].labels == {"role": "main"}
+    running = pb.ContainerStateValue(state=pb.CONTAINER_RUNNING)
+    assert len((await rt.ListContainers(pb.ListContainersRequest(
+        filter=pb.ContainerFilter(state=running)))).containers) == 1
+    assert (await rt.ListContainers(pb.ListContainersRequest(
+        filter=pb.ContainerFilter(pod_sandbox_id="0" * 64)))).containers == []
+
+    await rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=1))
+    await rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=1))  # idempotent
+    st = (await rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid))).status
+    assert st.state == pb.CONTAINER_EXITED and st.finished_at > st.started_at > 0
+    assert st.log_path == str(logs / "main/0.log")
+    lines = (logs / "main/0.log").read_text().splitlines()
+    parsed = [ln.split(" ", 3) for ln in lines]
+    assert ["stdout", "F", "hello-cri"] in [p[1:] for p in parsed]
+    assert ["stderr", "F", "err-line"] in [p[1:] for p in parsed]
+    assert all(p[0].endswith("Z") and "T" in p[0] for p in parsed)
+
+    await rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+    await rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))  # idempotent
+    assert await code_of(rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid))) \
+        == grpc.StatusCode.NOT_FOUND
+    await rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    await rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    await im.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)))
+    await im.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)))  # idempotent
+    assert (await im.ListImages(pb.ListImagesRequest())).images == []
+
+
+async def test_stop_pod_stops_its_containers_and_bad_requests(stack: Any, test_images: Any) -> None:
+    rt, im, _node, _tmp = stack
+    ref = test_images.busybox.ref
+    await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config("stopper")))).pod_sandbox_id
+    cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="s"), image=pb.ImageSpec(image=ref),
+                             command=["sleep", "1000"])
+    assert await code_of(rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id,
+                                                                      config=pb.ContainerConfig()))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    bad_image = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="b"), image=pb.ImageSpec(image="no/such:img"))
+    assert await code_of(rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=bad_image))) \
+        == grpc.StatusCode.NOT_FOUND
+    assert await code_of(rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id="0" * 64, config=cfg))) \
+        == grpc.StatusCode.NOT_FOUND
+    assert await code_of(im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image="::bad ref::")))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
+    await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    assert await code_of(rt.StartContainer(pb.StartContainerRequest(container_id=cid))) \
+        == grpc.StatusCode.FAILED_PRECONDITION
+    await asyncio.wait_for(rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id)), 30)
+    st = (await rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid))).status
+    assert st.state == pb.CONTAINER_EXITED
+    await rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert (await rt.ListContainers(pb.ListContainersRequest())).containers == []
