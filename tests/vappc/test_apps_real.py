@@ -7,7 +7,6 @@ project's ``AsyncClient``. Root only (the suite runs as root).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import tempfile
@@ -206,4 +205,17 @@ async def test_changed_spec_replaces_the_app(env: dict[str, Any]) -> None:
         assert await c.app_state(app_id) == AppStatus("Running")
     rows = [i for i in await env["stack"].containers.list() if i.id == f"vapp-app-{app_id}"]
     assert len(rows) == 1 and rows[0].running
-    _ = json  # (kept for ad-hoc debugging of events)
+
+
+async def test_group_members_share_a_network_namespace(env: dict[str, Any]) -> None:
+    first, second = uid("n1"), uid("n2")
+    group = {"group_name": "net", "shared_network": True,
+             "specs": [spec(first, env["image"], network="none"), spec(second, env["image"])]}
+    async with AsyncClient(env["socket"]) as c:
+        result = await c.start_group(group)
+        assert result.error is None, result.error
+    svc = env["stack"].containers
+    a, b = (await svc.inspect(f"vapp-app-{first}")), (await svc.inspect(f"vapp-app-{second}"))
+    assert a.pid and b.pid
+    assert os.readlink(f"/proc/{a.pid}/ns/net") == os.readlink(f"/proc/{b.pid}/ns/net")
+    assert os.readlink(f"/proc/{a.pid}/ns/net") != os.readlink("/proc/self/ns/net")

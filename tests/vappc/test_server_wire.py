@@ -217,6 +217,37 @@ async def test_peer_credentials_are_checked(served: tuple) -> None:
     assert await asyncio.wait_for(c.reader.read(), 5) == b""
 
 
+async def test_progress_order_under_load(served: tuple) -> None:
+    """Ten clients start at once, each getting 500 buffered events: every stream complete and ordered."""
+    _, backend, path = served
+    backend.progress_count = 500
+
+    async def one(i: int) -> None:
+        c = await Conn.open(path)
+        await c.send(json.dumps({"cmd": "StartApp", "data": {"spec": {**SPEC, "app_id": f"x{i}"}}}))
+        lines = await c.until_terminal()
+        assert [ln["message"] for ln in lines[:500]] == [f"step {k}" for k in range(500)]
+        assert lines[-1]["data"]["app_id"] == f"x{i}"
+        await c.close()
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(10))), 30)
+
+
+async def test_vsock_and_unix_from_settings(tmp_path: Path) -> None:
+    tmp = tempfile.mkdtemp(prefix="vc", dir="/tmp")
+    server = VappcServer(VappcSettings(socket=Path(tmp) / "s", vsock_port=-1), FakeBackend())
+    try:
+        addrs = await server.start()
+        assert addrs[0] == f"unix:{tmp}/s" and addrs[1].startswith(f"vsock:{socket.VMADDR_CID_ANY}:")
+        c = await Conn.open(f"{tmp}/s")
+        await c.send('{"cmd":"Ping"}')
+        assert await c.line() == {"msg": "Ok", "type": "Unit"}
+        await c.close()
+    finally:
+        await server.stop(1.0)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_vsock_listener_binds() -> None:
     sock = bind_vsock(-1)
     try:
