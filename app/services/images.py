@@ -32,6 +32,7 @@ from app.content.store import ContentStore
 from app.errors import Category, FailedPrecondition, InvalidArgument, NotFound
 from app.oci.reference import Reference
 from app.runtime.images.pull import Puller, PullEvent, PullResult
+from app.runtime.snapshots import Snapshotter
 from app.runtime.snapshots.layers import LayerSnapshots
 from app.state.db import Database
 from app.state.models.images import Image, ImageTag
@@ -124,6 +125,7 @@ class ImageService:
         in_use: Callable[[str], bool] = lambda _id: False,
         pins: BlobPins | None = None,
         delete_blobs: bool = False,
+        snapshotter: Snapshotter | None = None,
     ) -> None:
         self.db = db
         self.puller = puller
@@ -132,9 +134,16 @@ class ImageService:
         self.in_use = in_use
         self.pins = pins
         self.delete_blobs = delete_blobs
+        # Container root filesystems over this store's layers (the containers side
+        # calls prepare/remove with a record's chain_ids).
+        self.snapshotter = snapshotter
         # Start times of pulls in progress: GC spares anything created since the
         # oldest, since a pull commits layers before its image row exists.
         self._pulling: dict[int, float] = {}
+
+    def set_in_use(self, in_use: Callable[[str], bool]) -> None:
+        """Wiring hands in the containers service's check once both exist."""
+        self.in_use = in_use
 
     # --- start-up ------------------------------------------------------------------------
     def restore(self) -> None:

@@ -142,7 +142,7 @@ def _copy_meta(fd: int, _name: None, st: os.stat_result, src: str) -> None:
 
 
 class CopySnapshotter:
-    name = "copy"
+    name: str = "copy"
 
     def __init__(self, layers: LayerSnapshots, root: Path, *, merger=None, remover=remove_tree) -> None:  # type: ignore[no-untyped-def]
         self.layers = layers

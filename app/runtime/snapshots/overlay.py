@@ -37,7 +37,7 @@ class OverlaySnapshotter:
         userxattr: bool = False,
         remover=remove_tree,  # type: ignore[no-untyped-def]
     ) -> None:
-        self.name = kind
+        self.name: str = kind
         self.layers = layers
         self.root = Path(root) / "containers"
         self.root.mkdir(parents=True, exist_ok=True)

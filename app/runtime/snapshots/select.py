@@ -1,0 +1,38 @@
+"""Build the configured snapshotter (``runtime.snapshotter``: auto | overlay | fuse-overlayfs | copy)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from app.runtime.images.safefs import remove_tree
+from app.runtime.snapshots import Snapshotter
+from app.runtime.snapshots.copy import CopySnapshotter
+from app.runtime.snapshots.layers import LayerSnapshots
+from app.runtime.snapshots.overlay import OverlaySnapshotter
+from app.runtime.snapshots.probe import probe_snapshotter
+
+log = logging.getLogger(__name__)
+
+
+def build_snapshotter(
+    choice: str,
+    layers: LayerSnapshots,
+    root: Path,
+    *,
+    remover: Callable[[Path], None] = remove_tree,
+    rootless: bool | None = None,
+) -> tuple[Snapshotter, str]:
+    """``(snapshotter, reason)``; ``auto`` probes (see :func:`probe_snapshotter`)."""
+    rootless = os.geteuid() != 0 if rootless is None else rootless
+    reason = "configured"
+    if choice == "auto":
+        choice, reason = probe_snapshotter(root, rootless=rootless)
+    log.info("snapshotter: %s (%s)", choice, reason)
+    if choice == "copy":
+        return CopySnapshotter(layers, root, remover=remover), reason
+    kind = "fuse-overlayfs" if choice == "fuse-overlayfs" else "overlay"
+    snap = OverlaySnapshotter(layers, root, kind=kind, userxattr=rootless, remover=remover)  # type: ignore[arg-type]
+    return snap, reason
