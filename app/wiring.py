@@ -104,6 +104,12 @@ async def build_node(settings: Settings) -> Node:
     await asyncio.to_thread(node.images.restore)  # drop interrupted extractions, re-pin blobs
     node.routers.append(images_router)
     # --- slot: runtime containers + network --------------------------------------
+    from app.api.http.routes_network import router as network_router
+    from app.runtime.network.manager import build_network_manager
+
+    node.network = build_network_manager(settings, db)
+    await node.network.reconcile()  # attachments whose namespace died while we were down
+    node.routers.append(network_router)
     # --- slot: apps (vappc) --------------------------------------------------------
     from app.api.http.routes_apps import router as apps_router
     from app.services.app_engines import build_app_service
