@@ -10,6 +10,7 @@ from app.bootstrap.instantiate import NodeContext
 from app.bootstrap.plan import Policy
 from app.bootstrap.service import BootstrapService
 from app.config import Settings
+from app.services.app_engines import NoEngine
 from app.state.db import Database
 
 
@@ -19,22 +20,25 @@ def node_context(settings: Settings) -> NodeContext:
     return NodeContext(name, b.node_ip, settings.state_dir, str(settings.cri_socket), str(settings.dns_hosts_file))
 
 
-def make_driver(settings: Settings, containers: Any = None, images: Any = None) -> ComponentDriver:
-    """``host`` runs components as host processes; ``container`` (or ``auto`` with the container
-    service wired) runs them as containers through the container and image services."""
+def make_driver(settings: Settings, puller: Any = None, runner: Any = None) -> ComponentDriver:
+    """``host`` runs components as host processes; ``container`` (or ``auto`` when the engines are
+    wired) runs them as containers through the app service's engine adapters
+    (``ImagePullAdapter``/``ContainerAdapter`` from ``app.services.app_engines``)."""
     choice = settings.bootstrap.driver
-    if choice == "container" or (choice == "auto" and containers is not None and images is not None):
+    engines = puller is not None and runner is not None and not isinstance(runner, NoEngine)
+    if choice == "container" or (choice == "auto" and engines):
         from app.bootstrap.container_driver import ContainerServiceDriver
 
-        return ContainerServiceDriver(containers, images)
+        return ContainerServiceDriver(puller, runner, settings.state_dir / "bootstrap" / "containers",
+                                      stop_grace=settings.runtime.stop_grace_seconds)
     return HostProcessDriver(settings.state_dir / "bootstrap" / "host")
 
 
 def build_bootstrap(settings: Settings, db: Database, *, driver: ComponentDriver | None = None,
-                    containers: Any = None, images: Any = None) -> BootstrapService:
+                    puller: Any = None, runner: Any = None) -> BootstrapService:
     b = settings.bootstrap
     return BootstrapService(
-        db=db, driver=driver or make_driver(settings, containers, images), node=node_context(settings),
+        db=db, driver=driver or make_driver(settings, puller, runner), node=node_context(settings),
         intents_dir=settings.intents_dir, profile_dirs=b.profile_dirs, interval=b.reconcile_interval_seconds,
         renew_days=b.cert_renew_days,
         policy=Policy(backoff_base=b.backoff_base_seconds, backoff_max=b.backoff_max_seconds),
