@@ -11,8 +11,8 @@ loop or a core's GIL), on a temporary Unix socket:
 
 The client keeps 1 or 32 connections, each doing strictly sequential round
 trips for ``--seconds``; it prints round trips/s and the ratio echo/vappc
-(target: within 2x). ``--startapp N`` also measures StartApp→Running (see
-``bench/vappc_startapp.py``).
+(target: within 2x). Then StartApp→Running p50/p95 vs ``crun run`` (root; see
+``bench/vappc_startapp.py``; ``--startapp-runs 0`` skips it).
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--serve", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--startapp-runs", type=int, default=50, help="0 skips the StartApp part (needs root)")
     args = ap.parse_args()
     if args.serve:
         kind, path = args.serve
@@ -124,6 +125,12 @@ def main() -> None:
     for conns in (1, 32):
         v, e = res[f"vappc/{conns}"], res[f"echo/{conns}"]
         print(f"{conns:>12} {v:>12.0f} {e:>14.0f} {e / v:>10.2f}x")
+    if args.startapp_runs > 0:
+        print()
+        sys.stdout.flush()
+        here = Path(__file__).resolve().parent
+        subprocess.run([sys.executable, str(here / "vappc_startapp.py"), "--runs", str(args.startapp_runs)],
+                       check=True, timeout=900)
 
 
 if __name__ == "__main__":
