@@ -166,3 +166,32 @@ async def test_stop_pod_stops_its_containers_and_bad_requests(stack: Any, test_i
     assert st.state == pb.CONTAINER_EXITED
     await rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     assert (await rt.ListContainers(pb.ListContainersRequest())).containers == []
+
+
+async def test_reopen_container_log_after_rotation(stack: Any, test_images: Any) -> None:
+    rt, im, _node, tmp = stack
+    ref = test_images.busybox.ref
+    await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))
+    logs = tmp / "rotlogs"
+    config = pod_config("rot", log_directory=str(logs))
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config))).pod_sandbox_id
+    cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="ticker"), image=pb.ImageSpec(image=ref),
+                             command=["sh", "-c", "while true; do echo tick; sleep 0.05; done"],
+                             log_path="ticker.log")
+    cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
+    await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    log = logs / "ticker.log"
+    for _ in range(100):
+        if log.exists() and log.stat().st_size > 0:
+            break
+        await asyncio.sleep(0.05)
+    log.rename(logs / "ticker.log.1")  # what kubelet's log manager does before asking
+    await rt.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+    for _ in range(100):
+        if log.exists() and log.stat().st_size > 0:
+            break
+        await asyncio.sleep(0.05)
+    assert log.read_text().splitlines()[0].split(" ", 1)[1] == "stdout F tick"
+    await rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+    assert await code_of(rt.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))) \
+        == grpc.StatusCode.FAILED_PRECONDITION

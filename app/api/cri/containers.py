@@ -7,7 +7,9 @@ The container's root filesystem comes from :func:`~app.api.cri.rootfs.rootfs_for
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -206,9 +208,10 @@ class ContainerRpcs:
         if info.status is not ContainerStatus.RUNNING:
             raise FailedPrecondition(f"container {info.id} is not running")
         reopen = getattr(self.containers, "reopen_log", None)
-        if reopen is None:
-            raise Unavailable("the container service cannot reopen logs on this node yet")
-        await reopen(info.id)
+        if reopen is not None:
+            await reopen(info.id)
+        else:
+            _signal_shim_reopen(self.containers, info.id)
         return pb.ReopenContainerLogResponse()
 
     @cri_stream
@@ -232,6 +235,18 @@ class ContainerRpcs:
                 statuses = [cc.container_status(info)]
             hub.publish(pb.ContainerEventResponse(container_id=ev.container_id, container_event_type=kind,
                                                   created_at=int(ev.at * 1e9), containers_statuses=statuses))
+
+
+def _signal_shim_reopen(containers: Any, container_id: str) -> None:
+    """The shim reopens its CRI log on SIGUSR1 (``app.runtime.supervise.shim``)."""
+    from app.runtime.oci import state as oci_state
+    from app.runtime.supervise.shim import read_record
+
+    record = read_record(containers.shims_root, container_id, "shim.json") or {}
+    pid, start = int(record.get("shimPid") or 0), record.get("shimStart")
+    if not pid or not oci_state.process_alive(pid, start):
+        raise FailedPrecondition(f"container {container_id}: its log writer is not running")
+    os.kill(pid, signal.SIGUSR1)
 
 
 def _stats(info: ContainerInfo) -> pb.ContainerStats:
