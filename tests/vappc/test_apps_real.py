@@ -7,6 +7,7 @@ project's ``AsyncClient``. Root only (the suite runs as root).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import tempfile
@@ -219,3 +220,32 @@ async def test_group_members_share_a_network_namespace(env: dict[str, Any]) -> N
     assert a.pid and b.pid
     assert os.readlink(f"/proc/{a.pid}/ns/net") == os.readlink(f"/proc/{b.pid}/ns/net")
     assert os.readlink(f"/proc/{a.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+
+
+async def test_admin_rest_apps_routes(env: dict[str, Any]) -> None:
+    """/v1/apps over the same service: streamed start, list, state, stop, errors mapped once."""
+    from types import SimpleNamespace
+
+    import httpx
+
+    from app.api.http.app import create_admin_app
+    from app.api.http.routes_apps import router
+
+    node = SimpleNamespace(apps=env["stack"].apps)
+    admin = create_admin_app(node, admin_token="t0k", routers=[router])
+    app_id = uid("rest")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=admin), base_url="http://admin",
+                                 headers={"Authorization": "Bearer t0k"}, timeout=60) as http:
+        r = await http.post("/v1/apps?stream=true", json=spec(app_id, env["image"]))
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(x) for x in r.text.splitlines()]
+        assert lines[-1] == {"msg": "Ok", "type": "AppHandle", "data": {"app_id": app_id, "name": app_id}}
+        assert all(x["msg"] == "Progress" for x in lines[:-1]) and len(lines) > 3
+        assert (await http.get(f"/v1/apps/{app_id}")).json() == {"app_id": app_id, "state": "Running"}
+        assert {"app_id": app_id, "name": app_id, "state": "Running"} in (await http.get("/v1/apps")).json()
+        r = await http.post(f"/v1/apps/{app_id}/stop?grace=0")
+        assert r.status_code == 200 and r.json()["state"] == "Stopped"
+        r = await http.post("/v1/apps", json=spec(uid("bad"), env["image"], template_vars={},
+                                                  config_templates=[{"template": "{{ x }}", "destination": "/x"}]))
+        assert r.status_code == 400 and r.json()["error"]["category"] == "Config"
+        assert (await http.delete("/v1/apps/nope")).status_code == 404

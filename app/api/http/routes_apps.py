@@ -4,8 +4,9 @@
 ``GET    /v1/apps``                         list: ``[{app_id, name, state}]``
 ``GET    /v1/apps/{app_id}``                one app's state
 ``POST   /v1/apps``  (AppSpec)              start; 201 ``{app_id, name}``; with
-                                            ``?stream=true`` an NDJSON stream of
+                                            ``?stream=true`` 200 and an NDJSON stream of
                                             ``Progress`` lines, then ``Ok`` or ``Error``
+                                            (the outcome is in the last line)
 ``POST   /v1/apps/{app_id}/stop``           stop (graceful, ``?grace=SECONDS``)
 ``DELETE /v1/apps/{app_id}``                same as stop
 ``POST   /v1/apps/groups`` (ContainerGroup) start a group; partial result with ``error``
