@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from app.runtime.kernel import (
@@ -65,4 +66,8 @@ def apply_sets(kernel: Kernel, effective: int, permitted: int, inheritable: int,
     kernel.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     for number in range(cap_last_cap() + 1):
         if ambient & (1 << number):
-            kernel.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, number)
+            try:
+                kernel.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, number)
+            except PermissionError:
+                # not in permitted+inheritable: runc treats this as non-fatal too
+                os.write(2, f"vapp-oci: warning: ambient capability {CAP_NAMES[number]} not raised\n".encode())

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import array
 import contextlib
+import fcntl
 import json
 import os
 import socket
+import termios  # imported up front: after pivot_root the stdlib is out of reach
 import traceback
 from typing import Any, NoReturn
 
@@ -189,9 +191,6 @@ def _in_child_userns() -> bool:
 
 
 def _setup_console(console: socket.socket | None) -> None:
-    import fcntl
-    import termios
-
     if console is None:
         raise SetupError("process.terminal is true but no --console-socket was given")
     master, slave = os.openpty()

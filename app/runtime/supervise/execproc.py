@@ -9,9 +9,11 @@ helper: reply {"type": "started", "pid"} … waitpid … {"type": "exit", "statu
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
+import termios  # imported up front: after pivot_root the stdlib is out of reach
 from typing import Any, NoReturn
 
 from app.runtime import kernel as k
@@ -81,9 +83,6 @@ def _run(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> int:
 def _child(kernel: LinuxKernel, req: dict[str, Any], stdio: list[int], master: int, slave: int) -> NoReturn:
     try:
         if slave >= 0:
-            import fcntl
-            import termios
-
             os.close(master)
             os.setsid()
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)

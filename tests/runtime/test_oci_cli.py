@@ -1,0 +1,195 @@
+"""``vapp-oci`` driven exactly like runc; every lifecycle test also runs against runc itself."""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.runtime.conftest import env_for_tests, vapp_oci
+
+RUNTIMES = {"vapp-oci": vapp_oci(), "runc": shutil.which("runc") or "/usr/sbin/runc"}
+
+
+class Cli:
+    def __init__(self, binary: str, root: Path) -> None:
+        self.binary, self.root = binary, root
+
+    def __call__(self, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+        # Files, not pipes: a detached container inherits them and would hold a pipe open.
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            done = subprocess.run([self.binary, "--root", str(self.root), *args], stdout=out, stderr=err,
+                                  text=True, timeout=30, env=env_for_tests(), **kw)
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(done.args, done.returncode, out.read(), err.read())
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args}: exit {result.returncode}: {result.stderr}")
+        return result
+
+    def state(self, cid: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self("state", cid).stdout)
+        return data
+
+    def wait_status(self, cid: str, status: str, timeout: float = 5) -> None:
+        deadline = time.monotonic() + timeout
+        while self.state(cid)["status"] != status:
+            assert time.monotonic() < deadline, f"{cid} never became {status}: {self.state(cid)}"
+            time.sleep(0.02)
+
+
+@pytest.fixture(params=sorted(RUNTIMES))
+def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
+    root = Path(f"/tmp/vrt-cli-{uuid.uuid4().hex[:8]}")
+    yield Cli(RUNTIMES[request.param], root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def make_bundle(rootfs: Path, tmp_path: Path, args: list[str], **process: Any) -> Path:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    subprocess.run([RUNTIMES["runc"], "spec", "--bundle", str(bundle)], check=True)
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["root"]["path"] = str(rootfs)
+    cfg["process"].update({"terminal": False, "args": args, **process})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    return bundle
+
+
+def edit(bundle: Path, fn: Any) -> None:
+    cfg = json.loads((bundle / "config.json").read_text())
+    fn(cfg)
+    (bundle / "config.json").write_text(json.dumps(cfg))
+
+
+def test_lifecycle(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(rootfs, tmp_path, ["sleep", "30"])
+    cid = f"lc-{uuid.uuid4().hex[:8]}"
+    pid_file = tmp_path / "pid"
+    cli("create", "--bundle", str(bundle), "--pid-file", str(pid_file), cid, stdin=subprocess.DEVNULL)
+    st = cli.state(cid)
+    assert st["status"] == "created" and st["id"] == cid and st["ociVersion"]
+    assert os.path.realpath(st["bundle"]) == os.path.realpath(bundle)
+    assert int(pid_file.read_text()) == st["pid"] > 0
+    assert Path(f"/proc/{st['pid']}").exists()
+    assert cli("create", "--bundle", str(bundle), cid, check=False).returncode != 0  # id in use
+    cli("start", cid)
+    assert cli.state(cid)["status"] == "running"
+    assert cli("start", cid, check=False).returncode != 0  # wrong state
+    assert cli("delete", cid, check=False).returncode != 0  # running: needs --force
+    cli("kill", cid, "KILL")
+    cli.wait_status(cid, "stopped")
+    cli("delete", cid)
+    assert cli("state", cid, check=False).returncode != 0
+    assert not Path(f"/proc/{st['pid']}").exists() or "Z" in Path(f"/proc/{st['pid']}/stat").read_text()
+
+
+def test_delete_force_and_created_delete(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(rootfs, tmp_path, ["sleep", "30"])
+    a, b = f"fa-{uuid.uuid4().hex[:6]}", f"fb-{uuid.uuid4().hex[:6]}"
+    cli("create", "--bundle", str(bundle), a, stdin=subprocess.DEVNULL)
+    cli("delete", a)  # a created (never started) container can be deleted
+    cli("run", "--detach", "--bundle", str(bundle), b, stdin=subprocess.DEVNULL)
+    assert cli.state(b)["status"] == "running"
+    cli("delete", "--force", b)
+    assert cli("state", b, check=False).returncode != 0
+
+
+def test_run_exit_status_and_output(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(rootfs, tmp_path, ["sh", "-c", "echo out-$$; hostname; exit 5"])
+    result = cli("run", "--bundle", str(bundle), f"r-{uuid.uuid4().hex[:6]}", check=False, stdin=subprocess.DEVNULL)
+    assert result.returncode == 5
+    assert result.stdout.split() == ["out-1", "runc"]
+
+
+def test_hooks_order_and_state(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hooks"
+    out.mkdir()
+
+    def hook(name: str) -> dict[str, Any]:
+        return {"path": "/bin/sh", "args": ["sh", "-c", f"cat > {out}/{name}; echo {name} >> {out}/order"]}
+
+    bundle = make_bundle(rootfs, tmp_path, ["true"])
+    edit(bundle, lambda c: c.update(hooks={k: [hook(k)] for k in ("prestart", "createRuntime", "poststart",
+                                                                   "poststop")}))
+    cid = f"h-{uuid.uuid4().hex[:6]}"
+    cli("create", "--bundle", str(bundle), cid, stdin=subprocess.DEVNULL)
+    state = json.loads((out / "createRuntime").read_text())
+    assert state["id"] == cid and state["pid"] > 0 and state["status"] == "creating"
+    cli("start", cid)
+    cli.wait_status(cid, "stopped")
+    cli("delete", cid)
+    assert (out / "order").read_text().split() == ["prestart", "createRuntime", "poststart", "poststop"]
+
+
+def _console_server(path: Path) -> socket.socket:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    server.settimeout(10)
+    return server
+
+
+def test_console_socket(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(rootfs, tmp_path, ["sh", "-c", "tty; echo hello-tty; sleep 0.3"], terminal=True)
+    sock_path = tmp_path / "console.sock"
+    server = _console_server(sock_path)
+    cid = f"c-{uuid.uuid4().hex[:6]}"
+    proc = subprocess.Popen([cli.binary, "--root", str(cli.root), "create", "--bundle", str(bundle),
+                             "--console-socket", str(sock_path), cid], env=env_for_tests(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    conn, _ = server.accept()
+    fds = array.array("i")
+    _, anc, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(fds.itemsize))
+    fds.frombytes(anc[0][2])
+    master = fds[0]
+    assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
+    cli("start", cid)
+    data = b""
+    deadline = time.monotonic() + 5
+    while b"hello-tty" not in data and time.monotonic() < deadline:
+        try:
+            data += os.read(master, 4096)
+        except OSError:
+            break
+    os.close(master)
+    cli.wait_status(cid, "stopped")
+    cli("delete", cid)
+    assert b"/dev/pts/" in data and b"hello-tty" in data
+
+
+def test_command_not_found(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(rootfs, tmp_path, ["no-such-cmd"])
+    result = cli("run", "--bundle", str(bundle), f"n-{uuid.uuid4().hex[:6]}", check=False, stdin=subprocess.DEVNULL)
+    assert result.returncode != 0
+    assert "executable file not found" in result.stderr
+
+
+def test_invalid_config_is_rejected(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(rootfs, tmp_path, ["true"])
+    edit(bundle, lambda c: c["root"].update(path=str(tmp_path / "missing")))
+    cid = f"i-{uuid.uuid4().hex[:6]}"
+    result = cli("create", "--bundle", str(bundle), cid, check=False, stdin=subprocess.DEVNULL)
+    assert result.returncode != 0
+    assert cli("state", cid, check=False).returncode != 0  # nothing half-created
+
+
+def test_spec_command(tmp_path: Path) -> None:
+    for rootless in (False, True):
+        d = tmp_path / f"spec-{rootless}"
+        d.mkdir()
+        subprocess.run([vapp_oci(), "spec", "--bundle", str(d), *(["--rootless"] if rootless else [])], check=True)
+        cfg = json.loads((d / "config.json").read_text())
+        types = {ns["type"] for ns in cfg["linux"]["namespaces"]}
+        assert ("user" in types) is rootless and ("network" in types) is not rootless
+        assert cfg["process"]["args"] == ["sh"] and cfg["root"]["path"] == "rootfs"
