@@ -127,6 +127,17 @@ async def build_node(settings: Settings) -> Node:
                                CniClient(cri.cni_conf_dir, cri.cni_bin_dirs, settings.state_dir / "cni"))
         await node.pods.restore()  # re-adopt live pod holders, settle dead ones
     # --- slot: bootstrap -----------------------------------------------------------
+    if settings.bootstrap.enabled:
+        from app.api.http.routes_bootstrap import router as bootstrap_router
+        from app.bootstrap.factory import build_bootstrap
+
+        # Components run as containers through the app service's engine adapters when the
+        # engines are wired, else as host processes; the loop runs as a background task.
+        apps = node.apps
+        node.bootstrap = build_bootstrap(settings, db, puller=getattr(apps, "images", None),
+                                         runner=getattr(apps, "containers", None))
+        node.routers.append(bootstrap_router)
+        node.background.append(node.bootstrap.run_forever)
     return node
 
 

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from app.bootstrap import kubeconfig as kubeconfigmod
 from app.bootstrap.catalog import ProfileStore
 from app.bootstrap.driver import ComponentDriver
-from app.bootstrap.instantiate import Instance, NodeContext, instantiate
+from app.bootstrap.instantiate import Instance, Intent, NodeContext, instantiate
 from app.bootstrap.model import Action, DesiredComponent
 from app.bootstrap.pki import LeafRequest, Pki, load_cert
 from app.bootstrap.plan import Policy
@@ -99,7 +99,10 @@ class BootstrapService:
     # --- intents ---------------------------------------------------------------------
     def put_intent(self, data: Any) -> dict[str, Any]:
         doc = parse_intent(data)
-        self.catalog.get(doc.profile)  # unknown profile: refuse now, not on the next pass
+        # Refuse what cannot render now (unknown profile, bad value, broken template), not on the
+        # next pass: the stored intent and the running components stay as they were.
+        profile, tdir = self.catalog.get(doc.profile)
+        instantiate(Intent(doc.name, doc.profile, doc.values, tuple(doc.roles)), profile, tdir, self.node)
         row, changed = self.store.put_intent(doc)
         if changed:
             self.events.emit({"event": "intent", "name": doc.name, "generation": row.generation})
