@@ -15,6 +15,7 @@ App status, as the agent sees it::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -142,8 +143,6 @@ class AppSpec(_Strict):
 
     def fingerprint(self) -> str:
         """A stable digest of the spec: a restart with the same spec is idempotent."""
-        import hashlib
-
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
 

@@ -143,7 +143,6 @@ COMMANDS: dict[str, type[_Payload] | None] = {
     "RunDiagnostic": None,
     "UpdateDnsRecords": DnsData,
 }
-QUICK_COMMANDS = frozenset({"Ping", "Version", "AppState", "ListApps", "StopApp", "GetInterfaceIp"})
 
 
 @dataclass(frozen=True)
