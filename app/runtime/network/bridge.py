@@ -87,12 +87,12 @@ class BridgeNetwork:
     def attach(self, container_id: str, netns: str, ports: Sequence[PortMapping]) -> str:
         """Wire the container in; returns its CIDR. Undoes its own steps on failure."""
         self.ensure()
-        host_if, peer_if = veth_names(self.bridge, container_id)
+        host_if, _ = veth_names(self.bridge, container_id)
         address = self.store.allocate(self.bridge, self.subnet, container_id)
         try:
             self.netlink.delete_link(host_if)  # a leftover from a crash in the middle of a setup
-            self.netlink.add_veth(host_if, peer_if, self.bridge, netns, self.mtu)
-            self.netlink.configure(netns, peer_if, f"{address}/{self.prefix}", self.gateway, rename_to="eth0")
+            self.netlink.add_veth(host_if, "eth0", self.bridge, netns, self.mtu)
+            self.netlink.configure(netns, "eth0", f"{address}/{self.prefix}", self.gateway)
             self.nft.add_container(container_id, address, ports)
         except BaseException as exc:
             self._undo(container_id, ports)

@@ -2,9 +2,9 @@
 
 State per container (``net_attachment`` row + ``<run_dir>/network/<id>/``)::
 
-    setup ─▶ row written (intent: mode, driver, netns + its inode)  ─▶ work ─▶ row updated
-             │ a crash here leaves a row whose namespace dies with the container;
-             ▼ reconcile() at start tears such rows down (veth, rules, lease, helper)
+    setup ─▶ lease, veth, nft chain / helper (+pidfile) ─▶ row written (mode, driver, netns + inode)
+             │ reconcile() at start: rows whose namespace died are torn down; leases, veths on
+             ▼ our bridge, nft chains and run dirs without a live row are swept (crash mid-setup)
     teardown ─▶ helper stopped, bridge detached, files removed, row + lease deleted
 
     <run_dir>/network/<id>/  resolv.conf  hosts  hostname   (bind these into the container)
@@ -147,7 +147,8 @@ class NetworkManager:
             att.driver = "bridge" if self.pod_driver == "bridge" else "usermode"
             att.network = self.settings.bridge if att.driver == "bridge" else ""
             self._check_ports(cid, ports)
-        self.store.save(att)  # intent first: a crash from here on is found by reconcile()
+        # No intent row first (a commit costs setup time): whatever a crash leaves before the row is
+        # saved (lease, veth, nft chain, helper pidfile) has no live owner and reconcile() sweeps it.
         try:
             if kind is NetworkMode.NONE:
                 self._loopback_up(att)

@@ -117,6 +117,16 @@ def _netlink_socket_in(netns: str) -> socket.socket:
     return sock
 
 
+def _index(ipr: Any, ifname: str) -> int | None:
+    """One RTM_GETLINK by name (a dump per lookup costs a lot with many links)."""
+    try:
+        return int(ipr.link("get", ifname=ifname)[0]["index"])
+    except Exception as exc:
+        if type(exc).__name__ == "NetlinkError" and exc.args and exc.args[0] == errno.ENODEV:
+            return None
+        raise
+
+
 class PyrouteNetlink:
     """The real seam over pyroute2's synchronous ``IPRoute`` (call it from a worker thread)."""
 
@@ -191,38 +201,30 @@ class PyrouteNetlink:
             ipr.link("set", index=idx, state="up")
 
     def add_veth(self, host_name: str, peer_name: str, bridge: str, netns: str, mtu: int = 1500) -> None:
+        # One request: the peer is born inside the container's netns (so its final name, e.g. eth0,
+        # never clashes in ours) and the host end is born up and enslaved to the bridge.
         with self._ipr(None) as ipr:
-            ipr.link("add", ifname=host_name, kind="veth", peer=peer_name, mtu=mtu)
+            bridge_idx = ipr.link("get", ifname=bridge)[0]["index"]
+            fd = os.open(netns, os.O_RDONLY)
             try:
-                host_idx = ipr.link_lookup(ifname=host_name)[0]
-                peer_idx = ipr.link_lookup(ifname=peer_name)[0]
-                br_idx = ipr.link_lookup(ifname=bridge)[0]
-                ipr.link("set", index=host_idx, master=br_idx, state="up")
-                fd = os.open(netns, os.O_RDONLY)
-                try:
-                    ipr.link("set", index=peer_idx, net_ns_fd=fd)
-                finally:
-                    os.close(fd)
-            except BaseException:
-                ipr.link("del", index=ipr.link_lookup(ifname=host_name)[0])
-                raise
+                ipr.link("add", ifname=host_name, kind="veth", mtu=mtu, master=bridge_idx, state="up",
+                         peer={"ifname": peer_name, "net_ns_fd": fd, "mtu": mtu})
+            finally:
+                os.close(fd)
 
     def configure(self, netns: str, ifname: str, cidr: str | None, gateway: str | None,
                   rename_to: str | None = None) -> None:
         with self._ipr(netns) as ipr:
-            found = ipr.link_lookup(ifname=ifname)
-            if not found:
+            idx = _index(ipr, ifname)
+            if idx is None:
                 raise NotFound(f"no link {ifname} in {netns}", category=Category.NETWORK)
-            idx = found[0]
             if rename_to and rename_to != ifname:
                 ipr.link("set", index=idx, ifname=rename_to)
             if cidr:
                 iface = ipaddress.ip_interface(cidr)
                 ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
             ipr.link("set", index=idx, state="up")
-            lo = ipr.link_lookup(ifname="lo")
-            if lo:
-                ipr.link("set", index=lo[0], state="up")
+            ipr.link("set", index=1, state="up")  # lo is always index 1 in a network namespace
             if gateway:
                 ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
 
@@ -236,11 +238,14 @@ class PyrouteNetlink:
     def delete_link(self, name: str, netns: str | None = None) -> None:
         try:
             with self._ipr(netns) as ipr:
-                found = ipr.link_lookup(ifname=name)
-                if found:
-                    ipr.link("del", index=found[0])
+                idx = _index(ipr, name)
+                if idx is not None:
+                    ipr.link("del", index=idx)
         except NotFound:
             return  # the namespace is gone, and the link with it
+        except Internal as exc:
+            if exc.details.get("errno") != errno.ENODEV:  # deleted meanwhile (its peer's netns died)
+                raise
 
     def set_sysctl(self, key: str, value: str) -> None:
         path = f"/proc/sys/{key}"
