@@ -50,6 +50,9 @@ class EndpointStats:
 
     def record_success(self, seconds: float) -> None:
         self.successes += 1
+        self.record_latency(seconds)
+
+    def record_latency(self, seconds: float) -> None:
         self.latency = seconds if self.latency is None else (1 - EWMA_ALPHA) * self.latency + EWMA_ALPHA * seconds
 
     def record_throughput(self, nbytes: int, seconds: float) -> None:

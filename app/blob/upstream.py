@@ -210,6 +210,10 @@ class Upstream:
             start = time.monotonic()
             try:
                 resp = await ep.send(method, repository, path, hdrs)
+            except asyncio.CancelledError:
+                # Lost the race while still waiting for headers: it is at least this slow.
+                ep.stats.record_latency(time.monotonic() - start)
+                raise
             except httpx.HTTPError as exc:
                 ep.stats.record_failure(type(exc).__name__)
                 raise AttemptFailed("unreachable", f"{type(exc).__name__}: {exc}") from exc

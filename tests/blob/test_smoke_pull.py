@@ -47,3 +47,30 @@ async def test_skopeo_pulls_every_image_through_cache(tmp_path: Path, registry: 
             assert r.headers["content-type"] == img.media_type
             r2 = await client.get(f"{c.url}/v2/{registry.host}/{img.repository}/manifests/latest")
             assert r2.status_code == 200 and r2.content == r.content
+
+
+async def test_two_clients_on_cold_50mb_blob_fetch_once(tmp_path: Path, registry: RegistryInfo, test_images) -> None:
+    import asyncio
+
+    from app.blob import metrics
+
+    img = test_images.big
+    settings = blob_settings({registry.host: local_upstream(registry)}, default_registry=registry.host)
+    async with running_cache(tmp_path / "cache", settings) as c, httpx.AsyncClient(timeout=60) as client:
+        sizes = {}
+        for d in img.layers:
+            r = await client.head(f"{c.url}/v2/{img.repository}/blobs/{d}")
+            sizes[d] = int(r.headers["content-length"])
+        layer = max(sizes, key=sizes.__getitem__)
+        assert sizes[layer] > 40 * 1024 * 1024
+        pulled = metrics.BYTES_PULLED.labels(upstream=registry.host)
+        before = pulled._value.get()
+
+        async def get() -> bytes:
+            r = await client.get(f"{c.url}/v2/{img.repository}/blobs/{layer}")
+            assert r.status_code == 200
+            return r.content
+
+        a, b = await asyncio.gather(get(), get())
+        assert a == b and "sha256:" + hashlib.sha256(a).hexdigest() == layer
+        assert pulled._value.get() - before == sizes[layer]  # one upstream download for both
