@@ -152,6 +152,12 @@ class ContainerAdapter:
         info = await self.containers.inspect(container_id)
         return ContainerStatus(running=info.running, exit_code=info.exit_code)
 
+    async def listing(self) -> list[str]:
+        """Every container on the node (apps, CRI pods, bootstrap), for RunDiagnostic."""
+        return [f"container {i.id}: {i.status} pid={i.pid} image={i.image[:19]}"
+                + (f" exit={i.exit_code}" if i.exit_code is not None else "")
+                for i in await self.containers.list()]
+
     async def exec(self, container_id: str, argv: list[str], timeout: float) -> ExecResult:
         res = await self.containers.exec(container_id, argv, timeout)
         if getattr(res, "timed_out", False):
@@ -189,8 +195,13 @@ class NoEngine:
     def __init__(self, what: str) -> None:
         self.what = what
 
+    VERBS = frozenset({"pull", "create", "write_files", "start", "stop", "remove", "status", "exec"})
+
     def __getattr__(self, name: str) -> Callable[..., Any]:
         from app.errors import Unavailable
+
+        if name not in self.VERBS:
+            raise AttributeError(name)
 
         async def unavailable(*_args: Any, **_kwargs: Any) -> Any:
             raise Unavailable(f"{self.what} is not available on this node", category=Category.RUNTIME)

@@ -331,9 +331,12 @@ class AppService:
 
     async def _containers_summary(self) -> str:
         apps = await self.list_apps()
-        lines = [f"{a.app_id} ({a.name}): {a.status.phase}" + (f" {a.status.reason}" if a.status.reason else "")
+        lines = [f"app {a.app_id} ({a.name}): {a.status.phase}" + (f" {a.status.reason}" if a.status.reason else "")
                  for a in apps]
-        return "\n".join(lines) or "(no apps)"
+        listing = getattr(self.containers, "listing", None)
+        if listing is not None:
+            lines += await listing()
+        return "\n".join(lines) or "(no apps, no containers)"
 
     # --- StartContainerGroup ------------------------------------------------------------
     async def start_group(self, group: ContainerGroup, progress: ProgressFn) -> GroupResult:

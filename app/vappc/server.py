@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from app.api.sockets import bind_unix_socket
 from app.config import VappcSettings
-from app.errors import DeadlineExceeded, Internal, PermissionDenied, VappError
+from app.errors import DeadlineExceeded, Internal, PermissionDenied, Unavailable, VappError
 from app.services.app_types import (
     AppHandle,
     AppSpec,
@@ -360,13 +360,16 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 def bind_vsock(port: int) -> socket.socket:
     """A listening AF_VSOCK socket on (VMADDR_CID_ANY, port); port -1: any free port."""
-    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise Unavailable(f"AF_VSOCK is not available on this node: {exc.strerror}", phase="listen") from exc
     try:
         want = socket.VMADDR_PORT_ANY if port < 0 else port
         sock.bind((socket.VMADDR_CID_ANY, want))
         sock.listen(128)
         sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise Unavailable(f"cannot listen on AF_VSOCK port {port}: {exc.strerror}", phase="listen") from exc
     return sock
