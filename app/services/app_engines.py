@@ -79,6 +79,13 @@ class KernelRootfsMounter:
                                          category=Category.RUNTIME, phase="create")
             if os.path.ismount(target):
                 continue
+            if os.geteuid() != 0:
+                # A rootless overlay can only be mounted inside the container's own user
+                # namespace, which the container service does not offer for app rootfs yet.
+                raise FailedPrecondition(
+                    "rootless app containers need runtime.snapshotter = \"copy\" on this node",
+                    category=Category.RUNTIME, phase="create",
+                )
             target.mkdir(parents=True, exist_ok=True)
             self.kernel.mount("overlay", str(target), "overlay", 0, m.data())
 
