@@ -21,6 +21,7 @@ from cri_api.v1 import api_pb2 as pb
 from app.api.cri import container_convert as cc
 from app.api.cri.errors import cri_rpc, cri_stream
 from app.api.cri.events import EventHub
+from app.api.cri.index import ContainerIndex
 from app.api.cri.rootfs import rootfs_for
 from app.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from app.services.container_types import ContainerInfo, ContainerStatus
@@ -35,6 +36,7 @@ class ContainerRpcs:
     def __init__(self, node: Any, events: EventHub) -> None:
         self.node = node
         self.events = events
+        self.index = ContainerIndex(node)
         events.feed_factory = self._feed_events
 
     @property
@@ -98,12 +100,16 @@ class ContainerRpcs:
             with contextlib.suppress(Exception):
                 await rootfs_provider.release(cid)
             raise
+        await self.index.refresh(cid)
         return pb.CreateContainerResponse(container_id=cid)
 
     @cri_rpc
     async def StartContainer(self, request: pb.StartContainerRequest, context: Ctx) -> pb.StartContainerResponse:
         info = await self._cri_info(request.container_id)
-        await self.containers.start(info.id)
+        try:
+            await self.containers.start(info.id)
+        finally:
+            await self.index.refresh(info.id)
         return pb.StartContainerResponse()
 
     @cri_rpc
@@ -111,6 +117,7 @@ class ContainerRpcs:
         info = await self._cri_info(request.container_id)
         if info.status in (ContainerStatus.CREATED, ContainerStatus.RUNNING):
             await self.containers.stop(info.id, float(max(request.timeout, 0)))
+            await self.index.refresh(info.id)
         return pb.StopContainerResponse()
 
     @cri_rpc
@@ -120,6 +127,7 @@ class ContainerRpcs:
         except NotFound:
             return pb.RemoveContainerResponse()  # idempotent
         await self.containers.remove(info.id, force=True)
+        self.index.drop(info.id)
         provider = rootfs_for(self.node)
         if provider is not None:
             await provider.release(info.id)
@@ -132,6 +140,7 @@ class ContainerRpcs:
         for info in await self.node.containers.list():
             if info.annotations.get(cc.POD_KEY) == pod_id and info.status is ContainerStatus.RUNNING:
                 await self.node.containers.stop(info.id, 0)
+                await self.index.refresh(info.id)
 
     async def remove_pod_containers(self, pod_id: str) -> None:
         if self.node.containers is None:
@@ -139,6 +148,7 @@ class ContainerRpcs:
         for info in await self.node.containers.list():
             if info.annotations.get(cc.POD_KEY) == pod_id:
                 await self.node.containers.remove(info.id, force=True)
+                self.index.drop(info.id)
                 provider = rootfs_for(self.node)
                 if provider is not None:
                     await provider.release(info.id)
@@ -146,7 +156,8 @@ class ContainerRpcs:
     # -- views ----------------------------------------------------------------------------------
     @cri_rpc
     async def ListContainers(self, request: pb.ListContainersRequest, context: Ctx) -> pb.ListContainersResponse:
-        return pb.ListContainersResponse(containers=[cc.container(i) for i in await self._list(request.filter)])
+        self.containers  # noqa: B018 (Unavailable without a container service)
+        return pb.ListContainersResponse(containers=await self.index.list(request.filter))
 
     @cri_rpc
     async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Ctx) -> pb.ContainerStatusResponse:

@@ -33,6 +33,7 @@ def build_servicers(node: Any) -> tuple[RuntimeServicer, ImageServicer]:
     if closers is not None:
         closers.append(streams.stop)
         closers.append(events.close)
+        closers.append(runtime.index.close)
     return runtime, ImageServicer(node)
 
 
