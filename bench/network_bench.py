@@ -54,12 +54,16 @@ def free_port() -> int:
 
 
 def wait_listening(port: int, check: list[str] | None = None, timeout: float = 5) -> None:
-    needle = f":{port:04X} "
+    """Wait for a LISTEN socket on ``port`` (v4 or v6) in the namespace ``check`` runs in."""
+    suffix = f":{port:04X}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = subprocess.run([*(check or []), "cat", "/proc/net/tcp"], capture_output=True, text=True).stdout
-        if needle in text and " 0A " in text.split(needle, 1)[1][:40]:
-            return
+        text = subprocess.run([*(check or []), "cat", "/proc/net/tcp", "/proc/net/tcp6"], capture_output=True,
+                              text=True).stdout
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[1].endswith(suffix) and fields[3] == "0A":
+                return
         time.sleep(0.02)
     raise RuntimeError(f"iperf3 server on port {port} did not start")
 

@@ -117,7 +117,7 @@ async def scenario_pod(work: Path, helper: str) -> dict[str, Any]:
                                   "busybox", "httpd", "-f", "-p", "80", "-h", str(www)])
         try:
             for _ in range(250):
-                if ":0050 " in in_ns(h.pid, "cat", "/proc/net/tcp").stdout:
+                if ":0050 " in in_ns(h.pid, "cat", "/proc/net/tcp", "/proc/net/tcp6").stdout:
                     break
                 time.sleep(0.02)
             with urllib.request.urlopen(f"http://127.0.0.1:{published}/", timeout=5) as resp:

@@ -41,7 +41,7 @@ def httpd_in_ns(path: str, tmp: Path, port: int, body: str) -> Iterator[None]:
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if f":{port:04X} " in in_ns(path, "cat", "/proc/net/tcp").stdout:
+            if f":{port:04X} " in in_ns(path, "cat", "/proc/net/tcp", "/proc/net/tcp6").stdout:
                 break
             time.sleep(0.02)
         yield
