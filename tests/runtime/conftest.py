@@ -112,3 +112,20 @@ def env_for_tests() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+@pytest.fixture
+def user_tmp(unpriv_user: Any) -> Any:
+    """A temp dir the unprivileged user owns (pytest's own tmp dirs are root-only)."""
+    path = Path(f"/tmp/vrt-u-{uuid.uuid4().hex[:8]}")
+    path.mkdir(mode=0o755)
+    os.chown(path, unpriv_user.uid, unpriv_user.gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def user_rootfs(busybox: Path, dest: Path, user: Any) -> Path:
+    """A busybox rootfs owned by ``user`` (as a rootless unpack would leave it)."""
+    subprocess.run(["cp", "-a", str(busybox), str(dest)], check=True)
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(dest)], check=True)
+    return dest
