@@ -41,6 +41,10 @@ def test_ports() -> None:
     assert parse_port("[::1]:8080:80") == PortMapping(8080, 80, "tcp", "::1")
     assert parse_port("443") == PortMapping(443, 443)
     assert parse_port({"host_port": 1, "container_port": 2}) == PortMapping(1, 2)
+    assert parse_port({"hostPort": 1, "containerPort": 2, "protocol": "UDP", "hostIP": "127.0.0.1"}) == PortMapping(
+        1, 2, "udp", "127.0.0.1")
+    with pytest.raises(InvalidArgument):
+        parse_port({"container_port": 2})
     for bad in ("70000:80", "a:b", "1:2/sctp", "1.2.3:80:80", "1:2:3:4"):
         with pytest.raises(InvalidArgument):
             parse_port(bad)

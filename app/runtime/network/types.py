@@ -74,13 +74,16 @@ def parse_port(spec: PortMapping | str | dict[str, Any]) -> PortMapping:
     """``"8080:80"``, ``"127.0.0.1:8080:80/udp"``, ``"80"`` (same port both sides), or a dict."""
     if isinstance(spec, PortMapping):
         return spec
-    if isinstance(spec, dict):
+    if isinstance(spec, dict):  # snake_case, or CNI/CRI camelCase (hostPort, containerPort, hostIP)
+        def pick(*keys: str) -> Any:
+            return next((spec[k] for k in keys if spec.get(k) not in (None, "")), None)
+
         try:
-            host_port = int(spec["host_port"])
-            container_port = int(spec.get("container_port") or host_port)
-            return PortMapping(host_port, container_port, str(spec.get("protocol", "tcp")),
-                               str(spec.get("host_ip") or ""))
-        except (KeyError, TypeError, ValueError) as exc:
+            host_port = int(pick("host_port", "hostPort"))
+            container_port = int(pick("container_port", "containerPort") or host_port)
+            return PortMapping(host_port, container_port, str(pick("protocol") or "tcp").lower(),
+                               str(pick("host_ip", "hostIP", "hostIp") or ""))
+        except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"bad port mapping {spec!r}", category=Category.NETWORK) from exc
     text, _, proto = spec.strip().partition("/")
     host_ip = ""
