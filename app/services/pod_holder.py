@@ -30,22 +30,28 @@ new PID namespace the holder itself only sees PID 1).
 
 from __future__ import annotations
 
-import argparse
 import array
-import contextlib
 import os
 import signal
 import socket
-import subprocess
 import sys
 
 DIAL_TIMEOUT = 10.0
 
 
 def _reap(_sig: int, _frame: object) -> None:
-    with contextlib.suppress(ChildProcessError):
+    try:
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
+    except ChildProcessError:
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:  # noqa: SIM105 (contextlib pulls in functools: startup time on every pod)
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _serve(conn: socket.socket) -> None:
@@ -74,12 +80,34 @@ def _serve(conn: socket.socket) -> None:
         conn.sendall(b"err unknown request\n")
 
 
+class Args:
+    """Parsed options (a plain class: importing dataclasses costs milliseconds per pod)."""
+
+    def __init__(self) -> None:
+        self.socket = ""
+        self.hostname: str | None = None
+        self.lo = False
+
+
+def parse_args(argv: list[str]) -> Args:
+    """``--socket PATH [--hostname NAME] [--lo]`` (no argparse: it costs startup time on every pod)."""
+    out, it = Args(), iter(argv)
+    for arg in it:
+        if arg == "--socket":
+            out.socket = next(it, "")
+        elif arg == "--hostname":
+            out.hostname = next(it, None)
+        elif arg == "--lo":
+            out.lo = True
+        else:
+            raise SystemExit(f"pod_holder: unknown argument {arg!r}")
+    if not out.socket:
+        raise SystemExit("pod_holder: --socket is required")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="4lock-core pod namespace holder")
-    ap.add_argument("--socket", required=True)
-    ap.add_argument("--hostname")
-    ap.add_argument("--lo", action="store_true", help="bring the loopback interface up")
-    args = ap.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
 
     stop = False
 
@@ -96,16 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.hostname:
         socket.sethostname(args.hostname)
     if args.lo:
+        import subprocess
+
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(args.socket)
+    _unlink(args.socket)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o077)
     srv.bind(args.socket)
     os.umask(old)
     srv.listen(16)
-    sys.stdout.write("ready\n")
+    # Outside a new PID namespace our pid is the host's: say it, saving the daemon a round trip.
+    sys.stdout.write(f"ready {os.getpid() if os.getpid() != 1 else 0}\n")
     sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -116,13 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                 conn, _ = srv.accept()
             except InterruptedError:
                 continue
-            with conn, contextlib.suppress(OSError):
-                _serve(conn)
+            with conn:
+                try:  # noqa: SIM105 (as above)
+                    _serve(conn)
+                except OSError:
+                    pass
     except KeyboardInterrupt:
         pass
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(args.socket)
+        _unlink(args.socket)
     return 0
 
 

@@ -73,16 +73,19 @@ async def spawn(sock: Path, **opts: bool | str | None) -> tuple[int, int]:
     """Start a holder and wait until it serves; returns (host pid, start time)."""
     sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = holder_argv(sock, **opts)  # type: ignore[arg-type]
-    await asyncio.to_thread(_start_blocking, argv, sock.with_suffix(".err"))
-    pid = await asyncio.to_thread(_peer_pid, sock)
+    pid = await asyncio.to_thread(_start_blocking, argv, sock.with_suffix(".err"))
+    if not pid:  # PID 1 of its own namespace: ask the kernel who it is from here
+        pid = await asyncio.to_thread(_peer_pid, sock)
     started = start_time(pid)
     if started is None:
         raise Internal(f"pod holder {pid} vanished right after starting")
     return pid, started
 
 
-def _start_blocking(argv: list[str], err_path: Path) -> None:
-    """Run ``setsid -f ...`` and wait for the holder's ``ready`` line (in a worker thread)."""
+def _start_blocking(argv: list[str], err_path: Path) -> int:
+    """Run ``setsid -f ...`` and wait for the holder's ``ready <pid>`` line (in a worker thread).
+
+    Returns the pid the holder reported (0 inside a new PID namespace)."""
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                                 close_fds=True)
@@ -94,9 +97,11 @@ def _start_blocking(argv: list[str], err_path: Path) -> None:
         proc.stdout.close()
         proc.wait()  # setsid -f returns at once; the holder is not our child
     try:
-        if line.strip() != b"ready":
+        word, _, pid = line.decode(errors="replace").strip().partition(" ")
+        if word != "ready":
             why = err_path.read_text(errors="replace").strip()[-2000:] or "no output"
             raise FailedPrecondition(f"pod holder did not start: {why}")
+        return int(pid or 0)
     finally:
         with contextlib.suppress(OSError):
             err_path.unlink()

@@ -161,9 +161,12 @@ class CniClient:
     async def add(self, att: Attachment) -> dict[str, Any]:
         """Attach: loopback, then the chain. A failed ADD is rolled back with DEL."""
         net = load_network(self.conf_dir)
+        loopback: asyncio.Task[dict[str, Any]] | None = None
         if self.loopback and self._has("loopback"):
+            # lo and eth0 are independent: bring lo up while the chain runs
             lo = parse_network(LOOPBACK_CONF)
-            await self._run_chain("ADD", lo, Attachment(att.container_id, att.netns, "lo", att.args), None)
+            loopback = asyncio.create_task(
+                self._run_chain("ADD", lo, Attachment(att.container_id, att.netns, "lo", att.args), None))
         cache = {"kind": CACHE_KIND, "containerId": att.container_id, "ifName": att.ifname,
                  "networkName": net.name, "config": net.to_dict(), "cniArgs": [list(a) for a in att.args],
                  "capabilityArgs": dict(att.capabilities), "netns": att.netns, "result": None}
@@ -171,7 +174,12 @@ class CniClient:
         self._write_cache(net.name, att, cache)
         try:
             result = await self._run_chain("ADD", net, att, None)
+            if loopback is not None:
+                await loopback
         except BaseException:
+            if loopback is not None and not loopback.done():
+                loopback.cancel()
+                await asyncio.gather(loopback, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.delete(att.container_id, att.ifname, netns=att.netns)
             raise
