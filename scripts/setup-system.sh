@@ -23,7 +23,7 @@ PACKAGES=(
     crun runc skopeo docker-registry passt slirp4netns uidmap fuse-overlayfs
     busybox-static umoci containerd containernetworking-plugins
     etcd-server etcd-client postgresql iproute2 nftables hyperfine iperf3
-    openssl procps psmisc util-linux
+    openssl procps psmisc util-linux iptables
     python3 python3-venv python3-pip ca-certificates
 )
 # Another package owns /usr/bin/kubectl on some machines: installing
