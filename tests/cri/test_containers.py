@@ -195,3 +195,38 @@ async def test_reopen_container_log_after_rotation(stack: Any, test_images: Any)
     await rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
     assert await code_of(rt.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))) \
         == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_spdy_tty_exec_and_host_network_container(stack: Any, test_images: Any) -> None:
+    from tests.cri.streamclients import SpdyClient
+
+    rt, im, _node, _tmp = stack
+    ref = test_images.busybox.ref
+    await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))
+    config = pod_config("hostpod", linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+        namespace_options=pb.NamespaceOption(network=pb.NODE))))
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config))).pod_sandbox_id
+    cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="h"), image=pb.ImageSpec(image=ref),
+                             command=["sleep", "1000"])
+    cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
+    await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    # host network: the container sees the node's interfaces
+    out = await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["cat", "/proc/net/dev"]))
+    host_ifaces = {ln.split(":")[0].strip() for ln in Path("/proc/net/dev").read_text().splitlines()[2:]}
+    seen = {ln.split(":")[0].strip() for ln in out.stdout.decode().splitlines()[2:]}
+    assert seen == host_ifaces
+    # TTY exec over SPDY with a resize
+    url = (await rt.Exec(pb.ExecRequest(container_id=cid, cmd=["sh", "-c", "read x; stty size"], tty=True,
+                                        stdin=True, stdout=True))).url
+    client = await SpdyClient.connect(url, ["v4.channel.k8s.io"])
+    err = client.open({"streamtype": "error"})
+    sin = client.open({"streamtype": "stdin"})
+    sout = client.open({"streamtype": "stdout"})
+    rsz = client.open({"streamtype": "resize"})
+    client.send(rsz, b'{"Width":132,"Height":43}')
+    await asyncio.sleep(0.3)
+    client.send(sin, b"go\n")
+    output = await client.wait_fin(sout, 15)
+    assert b"43 132" in output
+    assert json.loads(await client.wait_fin(err, 15)) == {"metadata": {}, "status": "Success"}
+    await client.close()
