@@ -1,0 +1,71 @@
+"""The container service with the network manager as its hook: real busybox containers on a bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from app.runtime.forkserver import ForkServer
+from app.runtime.oci.spec import ContainerSpec
+from app.services.container_types import CreateRequest
+from app.services.containers import ContainerService
+from app.state.db import open_database
+from tests.helpers.ports import free_port
+from tests.network.conftest import BridgeEnv
+from tests.runtime.conftest import busybox_image, forkserver, rootfs  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+async def net_service(tmp_path: Path, forkserver: ForkServer, bridge_env: BridgeEnv  # noqa: F811
+                      ) -> AsyncIterator[tuple[ContainerService, BridgeEnv]]:
+    if os.geteuid() != 0:
+        raise RuntimeError("needs root (the suite runs as root)")
+    short = Path(f"/tmp/vnt-{uuid.uuid4().hex[:8]}")
+    db = open_database(f"sqlite:///{tmp_path / 'svc.db'}")
+    svc = ContainerService(db, forkserver, state_dir=tmp_path / "state", run_dir=short,
+                           network=bridge_env.manager())
+    yield svc, bridge_env
+    for info in await svc.list():
+        with contextlib.suppress(Exception):
+            await svc.remove(info.id, force=True)
+    await svc.close()
+    db.close()
+    shutil.rmtree(short, ignore_errors=True)
+
+
+async def test_pod_container_publishes_a_port(net_service: tuple[ContainerService, BridgeEnv],
+                                              rootfs: Path) -> None:  # noqa: F811
+    svc, env = net_service
+    port = free_port()
+    script = "mkdir -p /www && echo served-by-the-container > /www/index.html && exec httpd -f -p 80 -h /www"
+    spec = ContainerSpec(id=f"n-{uuid.uuid4().hex[:8]}", command=("sh", "-c", script), network="pod")
+    info = await svc.create(CreateRequest(spec=spec, rootfs=str(rootfs), ports=({"host_port": port,
+                                                                                 "container_port": 80},)))
+    await svc.start(info.id)
+    body = ""
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                body = resp.read().decode()
+                break
+        except OSError:
+            await asyncio.sleep(0.05)
+    assert body == "served-by-the-container\n"
+    veths = subprocess.run(["ip", "-br", "link", "show", "master", env.settings.bridge], capture_output=True,
+                           text=True).stdout
+    assert veths.strip()
+    await svc.remove(info.id, force=True)
+    veths = subprocess.run(["ip", "-br", "link", "show", "master", env.settings.bridge], capture_output=True,
+                           text=True).stdout
+    assert veths.strip() == ""
