@@ -152,10 +152,11 @@ def build_listeners(node: Node, admin_app: Any) -> list[Listener]:
     # --- slot: registry /v2 listener (blob) ---------------------------------------
     if s.blob.enabled and node.cache is not None:
         from app.api.registry import create_registry_app
+        from app.api.registry.server import RegistryServer  # lean HTTP/1.1 with sendfile for blobs
 
         listeners.append(
-            AsgiListener("registry", create_registry_app(node.cache, s.blob.htpasswd), s.blob.listen,
-                         tls_cert=s.blob.tls_cert, tls_key=s.blob.tls_key)
+            RegistryServer("registry", create_registry_app(node.cache, s.blob.htpasswd), s.blob.listen,
+                           tls_cert=s.blob.tls_cert, tls_key=s.blob.tls_key)
         )
     # --- slot: vappc listener --------------------------------------------------------
     if node.apps is not None:

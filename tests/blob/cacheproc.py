@@ -6,9 +6,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from app.api.registry import create_registry_app
+from app.api.registry.server import RegistryServer
 from app.blob.cache import BlobCache
 from app.config import BlobSettings, UpstreamSettings
 from app.content import LocalContentStore
@@ -21,9 +20,8 @@ async def main(root: Path, upstream: str, port: int) -> None:
     db = open_database(f"sqlite:///{root / 'vapp.db'}")
     service = CacheService(BlobCache(settings, LocalContentStore(root / "content"), db))
     await service.start()
-    config = uvicorn.Config(create_registry_app(service), host="127.0.0.1", port=port, log_config=None,
-                            access_log=False, lifespan="off")  # fmt: skip
-    await uvicorn.Server(config).serve()
+    await RegistryServer("registry", create_registry_app(service), f"127.0.0.1:{port}").start()
+    await asyncio.Event().wait()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from app.api.registry import create_registry_app
+from app.api.registry.server import RegistryServer
 from app.blob.cache import BlobCache
 from app.config import BlobSettings, UpstreamSettings
 from app.content import LocalContentStore
@@ -60,26 +61,12 @@ async def running_cache(root: Path, settings: BlobSettings, **app_kw: Any) -> As
     service = CacheService(cache, platform=Platform("linux", "amd64"))
     await service.start()
     app = create_registry_app(service, **app_kw)
-    server: uvicorn.Server | None = None
-    task: asyncio.Task[None] | None = None
-    for _ in range(5):
-        port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                lifespan="off")  # fmt: skip
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if server.started:
-            break
-    assert server is not None and task is not None and server.started, "cache server did not start"
+    server = RegistryServer("registry", app, "127.0.0.1:0")
+    await server.start()
     try:
-        yield RunningCache(service, cache, store, port)
+        yield RunningCache(service, cache, store, server.port)
     finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(task, 5)
+        await server.stop(2)
         await service.close()
         db.close()
 

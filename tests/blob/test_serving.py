@@ -189,3 +189,23 @@ async def test_prepull_and_fetcher(tmp_path: Path, registry: RegistryInfo, test_
         path = await c.service.fetcher.ensure_blob(ref, layer, progress=lambda d, t: seen.append((d, t)))
         assert "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == layer
         assert seen and seen[-1][0] == seen[-1][1] == path.stat().st_size
+
+
+async def test_the_app_also_serves_under_uvicorn(tmp_path: Path, registry: RegistryInfo, test_images: Any) -> None:
+    """Without the zero-copy extension (any ASGI server), blobs go out in chunks, warm and cold."""
+    from app.api.registry import create_registry_app
+    from tests.blob.harness import serve_asgi
+
+    img = test_images.busybox
+    async with (
+        running_cache(tmp_path, _settings(registry)) as c,
+        serve_asgi(create_registry_app(c.service)) as port,
+        httpx.AsyncClient() as client,
+    ):
+        for _ in range(2):  # cold, then warm
+            r = await client.get(f"http://127.0.0.1:{port}/v2/{img.repository}/blobs/{img.layers[0]}")
+            assert r.status_code == 200
+            assert "sha256:" + hashlib.sha256(r.content).hexdigest() == img.layers[0]
+        r = await client.get(f"http://127.0.0.1:{port}/v2/{img.repository}/blobs/{img.layers[0]}",
+                             headers={"Range": "bytes=10-19"})  # fmt: skip
+        assert r.status_code == 206 and len(r.content) == 10
