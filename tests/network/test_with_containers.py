@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +23,9 @@ from app.services.container_types import CreateRequest
 from app.services.containers import ContainerService
 from app.state.db import open_database
 from tests.helpers.ports import free_port
+from tests.helpers.users import UnprivUser, run_as
 from tests.network.conftest import BridgeEnv
-from tests.runtime.conftest import busybox_image, forkserver, rootfs  # noqa: F401 (fixtures)
+from tests.runtime.conftest import busybox_image, forkserver, rootfs, user_rootfs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.root
 
@@ -69,3 +73,21 @@ async def test_pod_container_publishes_a_port(net_service: tuple[ContainerServic
     veths = subprocess.run(["ip", "-br", "link", "show", "master", env.settings.bridge], capture_output=True,
                            text=True).stdout
     assert veths.strip() == ""
+
+
+def test_rootless_pod_container_on_pasta(unpriv_user: UnprivUser, busybox_image: Any) -> None:  # noqa: F811
+    work = Path(f"/tmp/vnt-u-{uuid.uuid4().hex[:8]}")
+    work.mkdir(mode=0o755)
+    os.chown(work, unpriv_user.uid, unpriv_user.gid)
+    try:
+        rootfs = user_rootfs(busybox_image[0], work / "rootfs", unpriv_user)
+        port = free_port()
+        proc = run_as(unpriv_user, [sys.executable, "-m", "tests.network.rootless_container", str(work),
+                                    str(rootfs), str(port)], timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["attachment"]["driver"] == "pasta" and out["attachment"]["helper_pids"]
+        assert out["body"] == "rootless-pod\n"
+        assert out["helpers_alive_after"] == [] and out["attachments_after"] == []
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
