@@ -113,6 +113,7 @@ class LayerStream:
         self.compressed_size = 0
         self.size = 0
         self._buf = memoryview(b"")
+        self._pos = 0
         self._eof = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="layer-inflate", daemon=True)
@@ -137,27 +138,59 @@ class LayerStream:
         except BaseException as exc:  # handed to the reader, who raises it
             self._q.put(exc)
 
-    def read(self, n: int = -1) -> bytes:
+    def _chunk(self) -> memoryview | None:
         if not self._buf:
             if self._eof:
-                return b""
+                return None
             item = self._q.get()
             if item is None:
                 self._eof = True
-                return b""
+                return None
             if isinstance(item, BaseException):
                 self._eof = True
                 raise item
             self._buf = memoryview(item)
-        if n < 0 or n >= len(self._buf):
-            out, self._buf = self._buf, memoryview(b"")
-        else:
-            out, self._buf = self._buf[:n], self._buf[n:]
-        return bytes(out)
+        return self._buf
+
+    def read_some(self, n: int) -> memoryview:
+        """Up to ``n`` bytes without copying (empty at EOF); valid until the next read."""
+        buf = self._chunk()
+        if buf is None:
+            return memoryview(b"")
+        out, self._buf = buf[:n], buf[n:]
+        self._pos += len(out)
+        return out
+
+    def read(self, n: int = -1) -> bytes:
+        """Exactly ``n`` bytes unless the stream ends (tarfile reads 512-byte headers)."""
+        if n < 0:
+            n = 1 << 62
+        parts = []
+        while n > 0:
+            piece = self.read_some(n)
+            if not piece:
+                break
+            parts.append(piece)
+            n -= len(piece)
+        return b"".join(parts)
+
+    # Forward-only seeking makes the stream usable by tarfile's random-access mode,
+    # which reads headers straight from here: stream mode ("r|") buffers through a
+    # bytes object it re-slices on every read, copying up to its buffer size per entry.
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        target = pos if whence == 0 else self._pos + pos
+        if whence not in (0, 1) or target < self._pos:
+            raise OSError("layer streams only seek forward")
+        while self._pos < target and self.read_some(target - self._pos):
+            pass
+        return self._pos
 
     def drain(self) -> None:
         """Read to the end (trailing tar padding counts towards the diff ID)."""
-        while self.read(CHUNK):
+        while self.read_some(CHUNK):
             pass
 
     def close(self) -> None:

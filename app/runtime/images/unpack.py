@@ -81,7 +81,7 @@ def apply_layer(src: BinaryIO, dest: str | os.PathLike[str], media_type: str, op
         with RootDir(dest) as root:
             ex = _Extractor(root, opts)
             try:
-                with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tf:  # type: ignore[call-overload]
+                with tarfile.open(fileobj=stream, mode="r:") as tf:  # type: ignore[call-overload]
                     while (member := tf.next()) is not None:
                         tf.members.clear()  # stream mode keeps every member otherwise
                         ex.entry(tf, member)
@@ -352,7 +352,7 @@ class _Extractor:
 
 
 def _copy(src: object, fd: int, size: int, entry: str) -> None:
-    read = src.read  # type: ignore[attr-defined]
+    read = src.read_some  # type: ignore[attr-defined]  # LayerStream: zero-copy views
     remaining = size
     while remaining:
         chunk = read(min(CHUNK, remaining))

@@ -9,6 +9,8 @@ writes exactly those).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -56,8 +58,10 @@ class OverlaySnapshotter:
         if not lowers:
             (base / "empty").mkdir(parents=True, exist_ok=True)
             lowers = [str(base / "empty")]
-        for sub in ("upper", "work", "rootfs"):
-            (base / sub).mkdir(parents=True, exist_ok=True)
+        os.makedirs(base, exist_ok=True)
+        for sub in ("upper", "work", "rootfs"):  # plain mkdirs: this is on the container-start path
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(base / sub)
         options = [f"lowerdir={':'.join(lowers)}", f"upperdir={base / 'upper'}", f"workdir={base / 'work'}"]
         if self.userxattr and self.name == "overlay":
             options.append("userxattr")
