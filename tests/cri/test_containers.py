@@ -161,6 +161,22 @@ async def test_stop_pod_stops_its_containers_and_bad_requests(stack: Any, test_i
     await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
     assert await code_of(rt.StartContainer(pb.StartContainerRequest(container_id=cid))) \
         == grpc.StatusCode.FAILED_PRECONDITION
+    # a container that exits on its own shows up EXITED in the (indexed) list without a CRI call
+    quick = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="q"), image=pb.ImageSpec(image=ref),
+                               command=["sh", "-c", "exit 7"])
+    qid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=quick))).container_id
+    await rt.ListContainers(pb.ListContainersRequest())  # index built before the exit happens
+    await rt.StartContainer(pb.StartContainerRequest(container_id=qid))
+    only_q = pb.ListContainersRequest(filter=pb.ContainerFilter(id=qid))
+    for _ in range(100):
+        listed = (await rt.ListContainers(only_q)).containers
+        if listed[0].state == pb.CONTAINER_EXITED:
+            break
+        await asyncio.sleep(0.05)
+    assert listed[0].state == pb.CONTAINER_EXITED
+    assert (await rt.ContainerStatus(pb.ContainerStatusRequest(container_id=qid))).status.exit_code == 7
+    unfiltered = (await rt.ListContainers(pb.ListContainersRequest())).containers
+    assert {c.id: c.state for c in unfiltered}[qid] == pb.CONTAINER_EXITED
     await asyncio.wait_for(rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id)), 30)
     st = (await rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid))).status
     assert st.state == pb.CONTAINER_EXITED

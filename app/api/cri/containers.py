@@ -157,7 +157,7 @@ class ContainerRpcs:
     @cri_rpc
     async def ListContainers(self, request: pb.ListContainersRequest, context: Ctx) -> pb.ListContainersResponse:
         self.containers  # noqa: B018 (Unavailable without a container service)
-        return pb.ListContainersResponse(containers=await self.index.list(request.filter))
+        return await self.index.response(request.filter)
 
     @cri_rpc
     async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Ctx) -> pb.ContainerStatusResponse:

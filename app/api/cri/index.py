@@ -47,6 +47,16 @@ class ContainerIndex:
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
+        self._all: pb.ListContainersResponse | None = None  # the unfiltered answer, until a change
+
+    async def response(self, f: pb.ContainerFilter) -> pb.ListContainersResponse:
+        """The ``ListContainers`` answer; the unfiltered one is built once per change (kubelet's relist)."""
+        if f.ByteSize() == 0:
+            items = await self.list(f)
+            if self._all is None:
+                self._all = pb.ListContainersResponse(containers=items)
+            return self._all
+        return pb.ListContainersResponse(containers=await self.list(f))
 
     async def list(self, f: pb.ContainerFilter) -> list[pb.Container]:
         if not self._synced:
@@ -64,6 +74,7 @@ class ContainerIndex:
             infos = await self.node.containers.list()
             self.items = {i.id: cc.container(i) for i in infos if cc.is_cri(i)}
             self._synced = time.monotonic()
+            self._all = None
 
     async def refresh(self, container_id: str) -> None:
         if self.node.containers is None:
@@ -71,13 +82,17 @@ class ContainerIndex:
         try:
             info = await self.node.containers.inspect(container_id)
         except NotFound:
-            self.items.pop(container_id, None)
+            self.drop(container_id)
             return
         if cc.is_cri(info):
-            self.items[info.id] = cc.container(info)
+            fresh = cc.container(info)
+            if self.items.get(info.id) != fresh:
+                self.items[info.id] = fresh
+                self._all = None
 
     def drop(self, container_id: str) -> None:
-        self.items.pop(container_id, None)
+        if self.items.pop(container_id, None) is not None:
+            self._all = None
 
     def _ensure_watch(self) -> None:
         if self._watch is None or self._watch.done():
