@@ -96,6 +96,15 @@ async def test_full_lifecycle_with_logs_exec_and_filters(stack: Any, test_images
     out = await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["ip", "-4", "-o", "addr", "show", "eth0"]))
     assert ip and ip.encode() in out.stdout  # the container lives in the pod's network namespace
 
+    cstats = (await rt.ContainerStats(pb.ContainerStatsRequest(container_id=cid))).stats
+    assert cstats.attributes.id == cid and cstats.cpu.timestamp > 0
+    assert cstats.memory.usage_bytes.value > 0 and cstats.cpu.usage_core_nano_seconds.value > 0
+    pstats = (await rt.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id))).stats
+    assert [c.attributes.id for c in pstats.linux.containers] == [cid]
+    listed_stats = (await rt.ListContainerStats(pb.ListContainerStatsRequest(
+        filter=pb.ContainerStatsFilter(pod_sandbox_id=pod_id)))).stats
+    assert [c.attributes.id for c in listed_stats] == [cid]
+
     # exec over the streaming server (WebSocket v5)
     url = (await rt.Exec(pb.ExecRequest(container_id=cid, cmd=["sh", "-c", "cat; exit 3"], stdin=True,
                                         stdout=True, stderr=True))).url

@@ -19,6 +19,7 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 
 from app.api.cri import container_convert as cc
+from app.api.cri import stats
 from app.api.cri.errors import cri_rpc, cri_stream
 from app.api.cri.events import EventHub
 from app.api.cri.index import ContainerIndex
@@ -179,7 +180,7 @@ class ContainerRpcs:
         if self.node.pods is None:
             raise Unavailable("the pod service is not running on this node")
         pod = self.node.pods.get(request.pod_sandbox_id)
-        return pb.PodSandboxStatsResponse(stats=_pod_stats(pod))
+        return pb.PodSandboxStatsResponse(stats=_pod_stats(pod, await self._pod_container_stats(pod.id)))
 
     @cri_rpc
     async def ListPodSandboxStats(self, request: pb.ListPodSandboxStatsRequest,
@@ -188,7 +189,14 @@ class ContainerRpcs:
             raise Unavailable("the pod service is not running on this node")
         f = request.filter
         pods = self.node.pods.list(id_prefix=f.id, labels=dict(f.label_selector))
-        return pb.ListPodSandboxStatsResponse(stats=[_pod_stats(p) for p in pods])
+        return pb.ListPodSandboxStatsResponse(
+            stats=[_pod_stats(p, await self._pod_container_stats(p.id)) for p in pods])
+
+    async def _pod_container_stats(self, pod_id: str) -> list[pb.ContainerStats]:
+        if self.node.containers is None:
+            return []
+        infos = await self.node.containers.list()
+        return [_stats(i) for i in infos if i.annotations.get(cc.POD_KEY) == pod_id]
 
     # -- in-container operations --------------------------------------------------------------
     @cri_rpc
@@ -264,16 +272,19 @@ def _stats(info: ContainerInfo) -> pb.ContainerStats:
     attrs = pb.ContainerAttributes(id=info.id, metadata=pb.ContainerMetadata(
         name=info.annotations.get(cc.NAME_KEY, info.name)), labels=info.labels,
         annotations=cc.visible(info.annotations))
-    now = time.time_ns()
-    return pb.ContainerStats(attributes=attrs, cpu=pb.CpuUsage(timestamp=now),
-                             memory=pb.MemoryUsage(timestamp=now))
+    cpu, mem = stats.usage(info.pid if info.status is ContainerStatus.RUNNING else None)
+    return pb.ContainerStats(attributes=attrs, cpu=cpu, memory=mem)
 
 
-def _pod_stats(pod: Any) -> pb.PodSandboxStats:
+def _pod_stats(pod: Any, containers: list[pb.ContainerStats]) -> pb.PodSandboxStats:
     from app.api.cri import convert
 
     attrs = pb.PodSandboxAttributes(id=pod.id, metadata=convert.metadata(pod.spec), labels=pod.spec.labels,
                                     annotations=pod.spec.annotations)
     now = time.time_ns()
+    cpu, mem = pb.CpuUsage(timestamp=now), pb.MemoryUsage(timestamp=now)
+    cpu.usage_core_nano_seconds.value = sum(c.cpu.usage_core_nano_seconds.value for c in containers)
+    mem.usage_bytes.value = sum(c.memory.usage_bytes.value for c in containers)
+    mem.working_set_bytes.value = sum(c.memory.working_set_bytes.value for c in containers)
     return pb.PodSandboxStats(attributes=attrs, linux=pb.LinuxPodSandboxStats(
-        cpu=pb.CpuUsage(timestamp=now), memory=pb.MemoryUsage(timestamp=now)))
+        cpu=cpu, memory=mem, containers=containers))
