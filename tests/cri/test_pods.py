@@ -157,3 +157,20 @@ async def test_100_pods_leave_nothing_behind(pods: PodService, cni_net: CniNet) 
     assert leaked == []
     assert not list((cni_net.cache_dir / "results").glob("*.json"))
     assert not any((pods.files_root).iterdir())
+
+
+async def test_rootless_style_holder_has_userns_and_loopback(tmp_path: Path, db: Database) -> None:
+    """The rootless path (no CNI): holder in its own user namespace, lo brought up by the holder."""
+    svc = PodService(db, tmp_path / "state", Path(f"/tmp/vt-run-{unique_suffix()}"), None, rootless=True)
+    pod = await svc.run(spec("rl", hostname="rl-host"))
+    holder = (pod.holder_pid, pod.holder_start)
+    try:
+        assert pod.network == "none" and pod.ip == ""
+        assert ns_inode(f"/proc/{pod.holder_pid}/ns/user") != ns_inode("/proc/self/ns/user")
+        out = subprocess.run(["nsenter", f"--net={pod.netns_path}", "ip", "-o", "link", "show", "lo"],
+                             capture_output=True, text=True, check=True).stdout
+        assert "UP" in out.split("<", 1)[1].split(">", 1)[0]
+        assert svc.network_status()[0] is False
+    finally:
+        await svc.remove(pod.id)
+    assert not pod_process.alive(*holder)
