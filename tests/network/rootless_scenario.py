@@ -29,8 +29,8 @@ from app.runtime.network.store import NetworkStore
 from app.state.db import open_database
 
 
-def manager(work: Path, helper: str = "auto") -> NetworkManager:
-    settings = NetworkSettings(usermode_helper=helper)  # type: ignore[arg-type]
+def manager(work: Path, helper: str = "auto", ipv6: bool = False) -> NetworkManager:
+    settings = NetworkSettings(usermode_helper=helper, ipv6=ipv6)  # type: ignore[arg-type]
     return NetworkManager(settings, NetworkStore(open_database(f"sqlite:///{work}/vapp.db")), work / "run",
                           PyrouteNetlink(), FakeNft(), rootless=True)
 
@@ -134,6 +134,36 @@ async def scenario_pod(work: Path, helper: str) -> dict[str, Any]:
         h.kill()
 
 
+async def scenario_pod6(work: Path) -> dict[str, Any]:
+    """pasta with IPv6: the namespace gets the node's IPv6 address and reaches the node's ::1."""
+    m, h = manager(work, "pasta", ipv6=True), holder()
+
+    class V6Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"over-ipv6")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = V6Server(("::1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        att = await m.setup("six", "pod", [], h.pid)
+        routes = in_ns(h.pid, "ip", "-6", "route").stdout
+        gw6 = next((line.split()[2] for line in routes.splitlines() if line.startswith("default")), None)
+        got = in_ns(h.pid, "busybox", "wget", "-q", "-O-", f"http://[{gw6}]:{server.server_address[1]}/").stdout
+        await m.teardown("six")
+        return {"attachment": att, "gateway6": gw6, "outbound6": got}
+    finally:
+        server.shutdown()
+        h.kill()
+
+
 async def scenario_container(work: Path) -> dict[str, Any]:
     m, h = manager(work), holder()
     try:
@@ -225,6 +255,7 @@ def main() -> None:
         "none": lambda: scenario_none(work),
         "pod": lambda: scenario_pod(work, arg or "auto"),
         "container": lambda: scenario_container(work),
+        "pod6": lambda: scenario_pod6(work),
         "errors": lambda: scenario_errors(work),
         "tun": lambda: scenario_tun(work),
         "restart": lambda: scenario_restart(work),

@@ -59,6 +59,12 @@ def test_pod_mode(unpriv_user: UnprivUser, user_tmp: Path, helper: str) -> None:
     assert out["helpers_after"] == [] and out["attachments_after"] == []
 
 
+def test_pod_mode_ipv6(unpriv_user: UnprivUser, user_tmp: Path) -> None:
+    out = scenario(unpriv_user, user_tmp, "pod6")
+    assert any(":" in a for a in out["attachment"]["addresses"]), out["attachment"]
+    assert out["gateway6"] and out["outbound6"] == "over-ipv6"
+
+
 def test_container_mode(unpriv_user: UnprivUser, user_tmp: Path) -> None:
     out = scenario(unpriv_user, user_tmp, "container")
     assert out["joined"]["netns"] == out["owner"]["netns"] and out["joined"]["driver"] == "shared"

@@ -193,7 +193,16 @@ class NetworkManager:
             info = usermode.start_slirp4netns(binary, work, target, ports)
             (work / "slirp.pid").write_text(str(info.pid))
         att.driver = info.driver
-        att.helper_pids, att.addresses, att.gateway = dump([info.pid]), dump([info.address]), info.gateway
+        addresses = [info.address]
+        if self.settings.ipv6 and driver == "pasta":
+            addresses += self._host_v6()  # pasta gives the namespace the node's own IPv6 address
+        att.helper_pids, att.addresses, att.gateway = dump([info.pid]), dump(addresses), info.gateway
+
+    def _host_v6(self) -> list[str]:
+        """Global IPv6 addresses of the interface holding the node's IPv6 default route."""
+        devs = {r.dev for r in self.netlink.routes(None) if r.dst == "default" and r.gateway and ":" in r.gateway}
+        return [a.cidr for a in self.netlink.addresses(None)
+                if a.ifname in devs and ":" in a.cidr and not a.cidr.lower().startswith("fe80")]
 
     def _write_files(self, att: NetAttachment) -> None:
         work = self.dir / att.container_id
