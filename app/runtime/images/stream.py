@@ -101,14 +101,16 @@ class LayerStream:
     EOF, ``compressed_digest`` and ``diff_id`` are final.
     """
 
-    def __init__(self, src: BinaryIO, media_type: str) -> None:
+    def __init__(self, src: BinaryIO, media_type: str, *, hash_blob: bool = True) -> None:
         comp = compression_of(media_type)
         self._inflate: Callable[[bytes], bytes] | None = (
             _gzip_inflater() if comp == "gzip" else _zstd_inflater() if comp == "zstd" else None
         )
         self._src = src
         self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
-        self._compressed = hashlib.sha256()
+        # A blob read from the content store was verified at ingest: hashing it
+        # again costs a pass over every byte for nothing.
+        self._compressed = hashlib.sha256() if hash_blob else None
         self._plain = hashlib.sha256()
         self.compressed_size = 0
         self.size = 0
@@ -125,7 +127,8 @@ class LayerStream:
                 raw = self._src.read(CHUNK)
                 if not raw:
                     break
-                self._compressed.update(raw)
+                if self._compressed is not None:
+                    self._compressed.update(raw)
                 self.compressed_size += len(raw)
                 data = self._inflate(raw) if self._inflate else raw
                 if data:
@@ -202,7 +205,7 @@ class LayerStream:
 
     @property
     def compressed_digest(self) -> str:
-        return "sha256:" + self._compressed.hexdigest()
+        return "sha256:" + self._compressed.hexdigest() if self._compressed is not None else ""
 
     @property
     def diff_id(self) -> str:

@@ -62,6 +62,7 @@ class UnpackOptions:
     chown: bool = True  # False: unprivileged without a mapped user namespace (warn once)
     devices: bool = True  # False: rootless; device nodes are skipped with a warning
     id_limit: int | None = None  # highest uid/gid the namespace maps; above → refused
+    hash_blob: bool = True  # False: the blob comes verified from the content store
 
 
 @dataclass
@@ -76,7 +77,7 @@ class UnpackResult:
 
 def apply_layer(src: BinaryIO, dest: str | os.PathLike[str], media_type: str, opts: UnpackOptions) -> UnpackResult:
     """Apply the layer read from ``src`` to the existing directory ``dest``."""
-    stream = LayerStream(src, media_type)
+    stream = LayerStream(src, media_type, hash_blob=opts.hash_blob)
     try:
         with RootDir(dest) as root:
             ex = _Extractor(root, opts)

@@ -42,10 +42,12 @@ class LayerUnpacker:
         return "root" if self.is_root else "rootless-userns" if self.idmap else "rootless-flat"
 
     def __call__(self, blob: Path, media_type: str, dest: Path) -> UnpackResult:
+        # Blobs come from the content store, verified at ingest: only the diff ID is computed.
+        opts = replace(self.options, hash_blob=False)
         if self.idmap is not None:
-            return rootless.unpack_in_userns(self.idmap, blob, media_type, dest, self.options)
+            return rootless.unpack_in_userns(self.idmap, blob, media_type, dest, opts)
         with open(blob, "rb") as src:
-            return apply_layer(src, dest, media_type, self.options)
+            return apply_layer(src, dest, media_type, opts)
 
     def apply_flat(self, blob: Path, media_type: str, dest: Path) -> UnpackResult:
         """Apply a layer on top of a flattened tree (whiteouts remove), as ``umoci unpack`` does."""
