@@ -51,19 +51,26 @@ class ContainerIndex:
 
     async def response(self, f: pb.ContainerFilter) -> pb.ListContainersResponse:
         """The ``ListContainers`` answer; the unfiltered one is built once per change (kubelet's relist)."""
-        if f.ByteSize() == 0:
-            items = await self.list(f)
-            if self._all is None:
-                self._all = pb.ListContainersResponse(containers=items)
-            return self._all
-        return pb.ListContainersResponse(containers=await self.list(f))
+        await self._maintain()
+        if f.ByteSize() != 0:
+            return pb.ListContainersResponse(containers=self._select(f))
+        if self._all is None:
+            self._all = pb.ListContainersResponse(containers=list(self.items.values()))
+        return self._all
 
-    async def list(self, f: pb.ContainerFilter) -> list[pb.Container]:
+    async def matching(self, f: pb.ContainerFilter) -> list[pb.Container]:
+        await self._maintain()
+        return self._select(f)
+
+    async def _maintain(self) -> None:
+        """First use: load; later: resync in the background now and then; keep following events."""
         if not self._synced:
             await self.resync()
         elif time.monotonic() - self._synced > RESYNC and (self._resync_task is None or self._resync_task.done()):
             self._resync_task = asyncio.create_task(self.resync())
         self._ensure_watch()
+
+    def _select(self, f: pb.ContainerFilter) -> list[pb.Container]:
         if f.id and f.id in self.items:
             c = self.items[f.id]
             return [c] if matches(c, f) else []
