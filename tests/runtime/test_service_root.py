@@ -189,3 +189,17 @@ async def test_events_stream(service: ContainerService, rootfs: Path) -> None:
     await run(service, rootfs, command=("sh", "-c", "exit 4"))
     await asyncio.wait_for(task, 10)
     assert seen == [("created", None), ("started", None), ("exited", 4), ("deleted", None)]
+
+
+@pytest.mark.parametrize("runtime", ["crun", "runc"])
+async def test_external_runtimes_same_bundle(service: ContainerService, rootfs: Path, runtime: str) -> None:
+    spec = ContainerSpec(id=cid(), command=("sh", "-c", "echo via-$0; sleep 30"), args=None)
+    info = await service.create(CreateRequest(spec=spec, rootfs=str(rootfs), runtime=runtime))
+    await service.start(info.id)
+    result = await service.exec(info.id, ["sh", "-c", "echo $$; hostname"], 10)
+    assert result.exit_code == 0, result.stderr
+    stopped = await service.stop(info.id, 0.5)
+    assert stopped.exit_code == 137
+    assert log_lines(info.log_path, "stdout") == ["via-sh"]
+    await service.remove(info.id)
+    assert service.backends[runtime].state(info.id) is None

@@ -9,6 +9,7 @@ runs as that uid (rootless mode, the bundle's ID maps stay valid).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -63,10 +64,19 @@ class ExternalRuntime:
             raise RuntimeFailure(f"{self.name}: terminals are supported with the native runtime only")
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         pid_file = os.path.join(self.root, f"{container_id}.pid")
-        argv = self.argv("create", "--bundle", bundle, "--pid-file", pid_file, container_id)
-        proc = subprocess.run(argv, stdin=0, stdout=1, stderr=subprocess.PIPE, check=False)
+        log_file = os.path.join(self.root, f"{container_id}.log")
+        # The container inherits fds 0-2 (the shim's log pipes): never a pipe we wait on here.
+        argv = self.argv("--log", log_file, "create", "--bundle", bundle, "--pid-file", pid_file, container_id)
+        proc = subprocess.run(argv, stdin=0, stdout=1, stderr=2, check=False)
         if proc.returncode != 0:
-            raise RuntimeFailure(f"{self.name} create: {proc.stderr.decode(errors='replace').strip()}", proc.returncode)
+            try:
+                with open(log_file) as fh:
+                    detail = fh.read().strip()[-1000:]
+            except OSError:
+                detail = f"exit status {proc.returncode}"
+            raise RuntimeFailure(f"{self.name} create: {detail}", proc.returncode)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(log_file)
         with open(pid_file) as fh:
             pid = int(fh.read().strip())
         os.unlink(pid_file)
