@@ -83,9 +83,11 @@ class PullResult:
 
 @dataclass
 class _Job:
-    task: asyncio.Task[bool]
-    listeners: list[Callable[[PullEvent], None]]
-    last: dict[str, PullEvent] = field(default_factory=dict)
+    """One layer's download+unpack, shared by every pull that needs it meanwhile."""
+
+    listeners: list[Callable[[PullEvent], None]] = field(default_factory=list)
+    last: dict[str, PullEvent] = field(default_factory=dict)  # replayed to late listeners
+    task: asyncio.Future[bool] | None = None
 
 
 class Puller:
@@ -225,10 +227,11 @@ class Puller:
         job = self._jobs.get(chain)
         owner = job is None  # only the pull that started the job counts the download as its own
         if job is None:
-            job = _Job(task=None, listeners=[])  # type: ignore[arg-type]
-            job.task = asyncio.ensure_future(self._run_layer(ref, desc, chain, parent, diff_id, job))
+            job = _Job()
+            task = asyncio.ensure_future(self._run_layer(ref, desc, chain, parent, diff_id, job))
+            job.task = task
             self._jobs[chain] = job
-            job.task.add_done_callback(lambda _t: self._jobs.pop(chain, None))
+            task.add_done_callback(lambda _t: self._jobs.pop(chain, None))
         else:
             for ev in job.last.values():  # catch up a late listener
                 emit(PullEvent(str(ref), ev.digest, ev.status, ev.done, ev.total))
@@ -237,6 +240,7 @@ class Puller:
             emit(PullEvent(str(ref), ev.digest, ev.status, ev.done, ev.total))
 
         job.listeners.append(relay)
+        assert job.task is not None
         try:
             fetched = await asyncio.shield(job.task)
             return fetched and owner
