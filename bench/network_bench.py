@@ -13,7 +13,7 @@ Side by side in one run, all traffic on loopback and namespaces created here:
 * ``veth raw``          the peer for the bridge: a bare veth pair between two namespaces, no bridge/NAT
 * ``pasta c→h``         client in a rootless netns (our pasta) → server on the node's loopback via 10.0.2.2
 * ``pasta h→p``         client on the node → 127.0.0.1:published port (pasta -t) → server in the netns
-* ``pasta alone c→h``   the peer: ``pasta --config-net -T PORT -- iperf3 -c 127.0.0.1`` with no vapp code
+* ``pasta alone c→h``   the peer: ``pasta --config-net -a 10.0.2.100 -g 10.0.2.2 -- iperf3 -c 10.0.2.2``
 
 Then the time to set up + tear down a pod network (median and p95 over ``--cycles``),
 against the targets (20 ms root, 50 ms rootless).
@@ -191,9 +191,10 @@ async def pasta_part(seconds: float, cycles: int) -> dict[str, Any]:
                                  ns_check=in_ns)
         await m.teardown("bench")
         p = free_port()
-        out["pasta alone c→h"] = iperf([], "127.0.0.1", p, ["pasta", "-4", "-q", "-f", "--config-net", "-T", str(p),
-                                                          "-t", "none", "-u", "none", "-U", "none", "--"],
-                                       "127.0.0.1", seconds)
+        # Same layout and path (tap to the gateway, mapped to the node's loopback), no vapp code.
+        alone = ["pasta", "-4", "-q", "-f", "--config-net", "-a", "10.0.2.100", "-n", "24", "-g", "10.0.2.2",
+                 "-t", "none", "-u", "none", "-T", "none", "-U", "none", "--"]
+        out["pasta alone c→h"] = iperf([], "127.0.0.1", p, alone, "10.0.2.2", seconds)
         holders += [holder() for _ in range(cycles)]
         setup, teardown = [], []
         for i, hh in enumerate(holders[1:]):
