@@ -255,3 +255,34 @@ async def test_spdy_tty_exec_and_host_network_container(stack: Any, test_images:
     assert b"43 132" in output
     assert json.loads(await client.wait_fin(err, 15)) == {"metadata": {}, "status": "Success"}
     await client.close()
+
+
+async def test_container_events(stack: Any, test_images: Any) -> None:
+    rt, im, _node, _tmp = stack
+    ref = test_images.busybox.ref
+    await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config("evc")))).pod_sandbox_id
+    call = rt.GetContainerEvents(pb.GetEventsRequest())
+    got: list[pb.ContainerEventResponse] = []
+
+    async def read() -> None:
+        async for ev in call:
+            if ev.container_id != pod_id:
+                got.append(ev)
+            if len(got) == 4:
+                return
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.3)
+    cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="e"), image=pb.ImageSpec(image=ref),
+                             command=["sleep", "100"])
+    cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
+    await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    await rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+    await rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+    await asyncio.wait_for(reader, 15)
+    call.cancel()
+    assert [e.container_event_type for e in got] == [pb.CONTAINER_CREATED_EVENT, pb.CONTAINER_STARTED_EVENT,
+                                                      pb.CONTAINER_STOPPED_EVENT, pb.CONTAINER_DELETED_EVENT]
+    assert all(e.container_id == cid for e in got)
+    assert got[1].containers_statuses[0].state == pb.CONTAINER_RUNNING

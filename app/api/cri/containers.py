@@ -240,18 +240,28 @@ class ContainerRpcs:
             yield event
 
     async def _feed_events(self, hub: EventHub) -> None:
+        """Container service events → CRI events, for CRI containers only (apps' are not ours)."""
         if self.node.containers is None:
             return
+        ours: set[str] = set(self.index.items)
         async for ev in self.node.containers.events():
             kind = _EVENT.get(ev.type)
             if kind is None:
                 continue
             statuses = []
-            with contextlib.suppress(Exception):
-                info = await self.node.containers.inspect(ev.container_id)
+            if ev.type != "deleted":
+                try:
+                    info = await self.node.containers.inspect(ev.container_id)
+                except NotFound:
+                    continue
                 if not cc.is_cri(info):
                     continue
+                ours.add(info.id)
                 statuses = [cc.container_status(info)]
+            elif ev.container_id not in ours:
+                continue
+            else:
+                ours.discard(ev.container_id)
             hub.publish(pb.ContainerEventResponse(container_id=ev.container_id, container_event_type=kind,
                                                   created_at=int(ev.at * 1e9), containers_statuses=statuses))
 
