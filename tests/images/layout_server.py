@@ -18,7 +18,9 @@ from app.oci.manifest import sha256_digest
 
 
 class LayoutServer:
-    def __init__(self, layout: Path, *, corrupt: set[str] | None = None, rate: float | None = None) -> None:
+    def __init__(
+        self, layout: Path, *, corrupt: set[str] | None = None, rate: float | None = None, port: int = 0
+    ) -> None:
         self.layout = layout
         self.corrupt = corrupt or set()
         self.rate = rate
@@ -33,7 +35,7 @@ class LayoutServer:
             def do_GET(self) -> None:
                 owner._get(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

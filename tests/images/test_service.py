@@ -187,3 +187,34 @@ async def test_pull_through_the_node_cache_fetcher(tmp_path: Path, test_images, 
         assert all(store.exists(d) for d in test_images.multilayer.layers), "one copy, in the shared store"
     finally:
         await cache.close()
+
+
+async def test_retries_until_the_registry_comes_up(pull_env: PullEnv, test_images) -> None:  # type: ignore[no-untyped-def]
+    """A fresh node without network: the pull waits (bounded backoff) and completes once it is up."""
+    import asyncio
+
+    from app.errors import Unavailable
+    from tests.helpers.ports import free_port
+
+    port = free_port()
+    fetcher = RegistryFetcher(pull_env.store, f"http://127.0.0.1:{port}")
+    try:
+        quick = Puller(fetcher, pull_env.store, pull_env.layers, pull_env.unpacker,
+                       platform=Platform("linux", "amd64"), retry_deadline=0.5)  # fmt: skip
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable):
+            await quick.pull(f"127.0.0.1:{port}/test/busybox:latest")
+        assert time.monotonic() - t0 < 5, "the deadline bounds the waiting"
+        patient = Puller(fetcher, pull_env.store, pull_env.layers, pull_env.unpacker,
+                         platform=Platform("linux", "amd64"), retry_deadline=30)  # fmt: skip
+        task = asyncio.ensure_future(patient.pull(f"127.0.0.1:{port}/test/busybox:latest"))
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        server = LayoutServer(test_images.busybox.oci_layout, port=port)
+        try:
+            res = await asyncio.wait_for(task, 30)
+        finally:
+            server.close()
+        assert res.image_id == test_images.busybox.config_digest
+    finally:
+        await fetcher.aclose()
