@@ -127,7 +127,7 @@ class VappcSettings(Section):
 class BootstrapSettings(Section):
     intents_dir: Path | None = None  # default <state_dir>/intents
     reconcile_interval_seconds: float = 10.0
-    cert_renew_days: int = 90
+    cert_renew_days: int = Field(90, ge=0, le=180)  # leaves live 365 days
     enabled: bool = True
     driver: Literal["auto", "container", "host"] = "auto"  # auto: containers when the service is wired
     profile_dirs: list[Path] = Field(default_factory=list)  # searched before the built-in profiles

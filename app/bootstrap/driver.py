@@ -154,6 +154,8 @@ class HostProcessDriver:
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(pid, sig)  # the whole session: the component may have children
+                if sig == signal.SIGTERM:
+                    os.killpg(pid, signal.SIGCONT)  # as systemd does: a stopped process must see it
             except ProcessLookupError:
                 return
             deadline = time.monotonic() + wait

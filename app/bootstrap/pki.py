@@ -162,6 +162,10 @@ class Pki:
     """One PKI directory. Methods are idempotent; see the module docstring."""
 
     def __init__(self, root: Path, *, renew_before: dt.timedelta = dt.timedelta(days=90)) -> None:
+        if not dt.timedelta(0) <= renew_before < LEAF_VALIDITY / 2:
+            # A window as long as the validity would re-issue (and restart users) on every pass.
+            raise InvalidArgument(f"renewal window {renew_before.days} days must be under "
+                                  f"{LEAF_VALIDITY.days // 2} days", phase="pki")
         self.root = root
         self.renew_before = renew_before
 

@@ -23,6 +23,7 @@ the next attempt after an exponential backoff (see plan.py).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -111,13 +112,18 @@ class Reconciler:
         actions = await self.plan(desired, skip_intents)
         self.last_plan = actions
         by_key = {d.key: d for d in desired}
+        probes = []
         for act in actions:
             d = by_key.get(act.key)
-            if act.mutating:
+            if act.kind == "probe":
+                probes.append(self._do(act, d))  # concurrently, below: one hung target must not
+            elif act.mutating:                   # delay the others' probes
                 self.emit({"event": "action", **act.to_dict()})
                 await self._do(act, d)
             else:
                 self._note(act)
+        if probes:
+            await asyncio.gather(*probes)
         return actions
 
     async def converge(self, desired: Sequence[DesiredComponent], *, timeout: float = 300.0,
@@ -142,8 +148,9 @@ class Reconciler:
         return self.records.get(key) or Record(key, intent=d.intent if d else key.split(".", 1)[0])
 
     def _note(self, act: Action) -> None:
-        phase = {"wait_backoff": None, "blocked": "blocked", "leave_exited": "exited"}.get(act.kind)
         rec = self._rec(act.key, None)
+        phase = {"wait_backoff": phase_after_failure(rec.restarts, self.policy), "blocked": "blocked",
+                 "leave_exited": "exited"}.get(act.kind)
         if phase and rec.phase != phase:
             self._put(dataclasses.replace(rec, phase=phase))
 
