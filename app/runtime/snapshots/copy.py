@@ -12,7 +12,6 @@ is replaced, never followed.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -67,7 +66,7 @@ def _merge_one(src_root: str, root: RootDir) -> None:
                     root.remove((*rel, child))
         dirs.append((rel, st))
         fd = root.dir_fd(rel, create=False)
-        _copy_meta(fd, None, st, src_dir)
+        _copy_meta(fd, st, src_dir)
         for entry in os.scandir(src_dir):
             est = entry.stat(follow_symlinks=False)
             path = (*rel, entry.name)
@@ -109,8 +108,8 @@ def _copy_entry(
         fd = os.open(name, _CREATE, 0o600, dir_fd=parent)
         try:
             with open(src, "rb") as fh:
-                shutil.copyfileobj(fh, os.fdopen(os.dup(fd), "wb"), 1 << 20)
-            _copy_meta(fd, None, st, src)
+                _copy_data(fh.fileno(), fd, st.st_size)
+            _copy_meta(fd, st, src)
         finally:
             os.close(fd)
     elif stat.S_ISLNK(st.st_mode):
@@ -126,7 +125,27 @@ def _copy_entry(
         links[key] = path
 
 
-def _copy_meta(fd: int, _name: None, st: os.stat_result, src: str) -> None:
+def _copy_data(src: int, dst: int, size: int) -> None:
+    """In-kernel copy (reflink/copy_file_range on the same filesystem), read/write otherwise."""
+    left = size
+    try:
+        while left > 0:
+            n = os.copy_file_range(src, dst, min(left, 1 << 30))
+            if n == 0:
+                break
+            left -= n
+        return
+    except OSError:
+        pass
+    os.lseek(src, size - left, os.SEEK_SET)
+    os.lseek(dst, size - left, os.SEEK_SET)
+    while chunk := os.read(src, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+
+
+def _copy_meta(fd: int, st: os.stat_result, src: str) -> None:
     if os.geteuid() == 0:
         os.fchown(fd, st.st_uid, st.st_gid)
     for attr in os.listxattr(src, follow_symlinks=False):
