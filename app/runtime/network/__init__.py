@@ -55,7 +55,8 @@ class NetworkHook(Protocol):
          "helper_pids": [int, ...],         # pasta / slirp4netns processes
          "shared_with": str|None}           # container:<id> target
 
-    ``ports`` items are :class:`PortMapping` or strings ``[HOST_IP:]HOST:CONTAINER[/tcp|udp]``.
+    ``ports`` items are :class:`PortMapping`, strings ``[HOST_IP:]HOST:CONTAINER[/tcp|udp]`` or dicts
+    (``host_port``/``hostPort``, ``container_port``, ``protocol``, ``host_ip``).
     ``target`` is the container's init pid (int) or a netns path (str); ``None`` only for
     ``host`` and ``container:<id>``. Errors: ``InvalidArgument`` (bad mode/port),
     ``AlreadyExists`` (host port taken), ``FailedPrecondition`` (pasta missing,
@@ -67,7 +68,7 @@ class NetworkHook(Protocol):
         self,
         container_id: str,
         mode: str,
-        ports: Sequence[PortMapping | str] = (),
+        ports: Sequence[PortMapping | str | dict[str, Any]] = (),
         target: int | str | None = None,
         *,
         hostname: str | None = None,

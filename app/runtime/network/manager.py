@@ -67,7 +67,7 @@ class NetworkManager:
         return self._locks.setdefault(container_id, asyncio.Lock())
 
     # --- the hook ---------------------------------------------------------------------
-    async def setup(self, container_id: str, mode: str, ports: Sequence[PortMapping | str] = (),
+    async def setup(self, container_id: str, mode: str, ports: Sequence[PortMapping | str | dict[str, Any]] = (),
                     target: int | str | None = None, *, hostname: str | None = None) -> dict[str, Any]:
         kind, shared = parse_mode(mode)
         mappings = [parse_port(p).with_host_ip(self.settings.publish_address) for p in ports]
