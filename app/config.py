@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -127,7 +127,7 @@ class VappcSettings(Section):
 class BootstrapSettings(Section):
     intents_dir: Path | None = None  # default <state_dir>/intents
     reconcile_interval_seconds: float = 10.0
-    cert_renew_days: int = Field(90, ge=0, le=180)  # leaves live 365 days
+    cert_renew_days: Annotated[int, Field(ge=0, le=180)] = 90  # leaves live 365 days
     enabled: bool = True
     driver: Literal["auto", "container", "host"] = "auto"  # auto: containers when the service is wired
     profile_dirs: list[Path] = Field(default_factory=list)  # searched before the built-in profiles
