@@ -280,6 +280,7 @@ def test_admin_routes(tmp_path: Path) -> None:
     one = client.get("/v1/networks/web").json()
     assert one["addresses"] == ["10.77.0.2/29"] and one["ports"][0]["container_port"] == 80
     assert client.get("/v1/networks/nope").status_code == 404
+    assert "web mode=pod driver=bridge" in m.diagnostics()["attachments"]
     diag = client.get("/v1/networks/diagnostics").json()
     assert "web mode=pod driver=bridge addresses=10.77.0.2/29" in diag["attachments"]
     assert "default via 192.0.2.1" in diag["routes"]

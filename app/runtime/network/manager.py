@@ -107,6 +107,13 @@ class NetworkManager:
             raise NotFound(f"no network attachment for {container_id}", category=Category.NETWORK)
         return attachment_dict(att)
 
+    def diagnostics(self) -> dict[str, str]:
+        """RunDiagnostic's network sections (blocking; the caller runs it in a thread):
+        ``interfaces``, ``routes`` and one ``attachments`` line per container."""
+        from app.runtime.network.diag import network_diagnostics
+
+        return network_diagnostics(self.netlink, [attachment_dict(a) for a in self.store.all()])
+
     async def reconcile(self) -> list[str]:
         """At start: tear down attachments whose namespace is gone; drop orphan rules/links/leases."""
         return await asyncio.to_thread(self._reconcile)
