@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -286,3 +287,35 @@ async def test_container_events(stack: Any, test_images: Any) -> None:
                                                       pb.CONTAINER_STOPPED_EVENT, pb.CONTAINER_DELETED_EVENT]
     assert all(e.container_id == cid for e in got)
     assert got[1].containers_statuses[0].state == pb.CONTAINER_RUNNING
+
+
+async def test_containers_share_the_pods_namespaces(stack: Any, test_images: Any) -> None:
+    rt, im, node, _tmp = stack
+    ref = test_images.busybox.ref
+    await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))
+    shared_pid = pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+        namespace_options=pb.NamespaceOption(pid=pb.POD)))
+    config = pod_config("shared", hostname="shared-host", linux=shared_pid)
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config))).pod_sandbox_id
+    ids = []
+    for name in ("one", "two"):
+        cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=ref),
+                                 command=["sleep", f"{1000 + len(ids)}"])
+        cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
+        await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+        ids.append(cid)
+
+    async def sh(cid: str, script: str) -> str:
+        res = await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=10))
+        assert res.exit_code == 0, res.stderr
+        return res.stdout.decode()
+
+    links = "for k in ipc uts pid net; do readlink /proc/self/ns/$k; done"
+    one, two = await sh(ids[0], links), await sh(ids[1], links)
+    assert one == two
+    holder = node.pods.get(pod_id).holder_pid
+    for kind in ("ipc", "uts", "net"):
+        assert f"{kind}:[{os.stat(f'/proc/{holder}/ns/{kind}').st_ino}]" in one
+    assert (await sh(ids[1], "hostname")).strip() == "shared-host"
+    # PID sharing: the second container sees the first one's sleep
+    assert "sleep 1000" in await sh(ids[1], "ps -o args")

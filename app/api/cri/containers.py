@@ -6,9 +6,11 @@ The container's root filesystem comes from :func:`~app.api.cri.rootfs.rootfs_for
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -18,8 +20,8 @@ from typing import Any, TypeAlias
 import grpc
 from cri_api.v1 import api_pb2 as pb
 
+from app.api.cri import bundle, stats
 from app.api.cri import container_convert as cc
-from app.api.cri import stats
 from app.api.cri.errors import cri_rpc, cri_stream
 from app.api.cri.events import EventHub
 from app.api.cri.index import ContainerIndex
@@ -91,15 +93,23 @@ class ContainerRpcs:
             else ""
         spec = cc.container_spec(cid, cfg, pod, pods.pod_files(pod.id), image.id, image.id, log_path)
         rootfs = await rootfs_provider.prepare(cid, image)
+        bundle_dir = self.node.settings.state_dir / "cri" / "bundles" / cid
         try:
             from app.services.container_types import CreateRequest
 
             handler = pod.spec.runtime_handler or None
-            await containers.create(CreateRequest(spec=spec, rootfs=rootfs, image_config=image.config,
-                                                  image=image.id, runtime=handler, log_path=log_path or None))
+            ns_paths = {k: v for k, v in pod.namespace_paths().items() if k in bundle.JOINED}
+            bundle_path = None
+            if ns_paths and os.geteuid() == 0:  # rootless keeps the service's own bundle (id maps)
+                cfg_doc = bundle.pod_config(spec, image.config, rootfs, ns_paths)
+                bundle_path = await asyncio.to_thread(bundle.write_bundle, bundle_dir, cfg_doc)
+            await containers.create(CreateRequest(spec=spec, rootfs=rootfs, bundle=bundle_path,
+                                                  image_config=image.config, image=image.id, runtime=handler,
+                                                  log_path=log_path or None))
         except BaseException:
             with contextlib.suppress(Exception):
                 await rootfs_provider.release(cid)
+            shutil.rmtree(bundle_dir, ignore_errors=True)
             raise
         await self.index.refresh(cid)
         return pb.CreateContainerResponse(container_id=cid)
@@ -129,6 +139,7 @@ class ContainerRpcs:
             return pb.RemoveContainerResponse()  # idempotent
         await self.containers.remove(info.id, force=True)
         self.index.drop(info.id)
+        shutil.rmtree(self.node.settings.state_dir / "cri" / "bundles" / info.id, ignore_errors=True)
         provider = rootfs_for(self.node)
         if provider is not None:
             await provider.release(info.id)
@@ -150,6 +161,7 @@ class ContainerRpcs:
             if info.annotations.get(cc.POD_KEY) == pod_id:
                 await self.node.containers.remove(info.id, force=True)
                 self.index.drop(info.id)
+                shutil.rmtree(self.node.settings.state_dir / "cri" / "bundles" / info.id, ignore_errors=True)
                 provider = rootfs_for(self.node)
                 if provider is not None:
                     await provider.release(info.id)
