@@ -208,3 +208,14 @@ def test_hostile_layer_refused_host_untouched(tmp_path: Path, case: str, mode: s
     assert _outside_snapshot(outside) == before
     assert os.listdir(outside) == ["keep"]
     assert not (tmp_path / "pwned").exists()
+
+
+def test_whiteout_then_content_in_the_same_layer(tmp_path: Path) -> None:
+    """``.wh.d`` and ``d/x`` in one layer: ``d`` is the layer's own, opaque over the lower ``d``."""
+    apply([f(".wh.d"), f("d/x", b"new")], tmp_path / "l")
+    assert (tmp_path / "l/d/x").read_bytes() == b"new"
+    assert os.getxattr(tmp_path / "l/d", "trusted.overlay.opaque") == b"y"
+    root = tmp_path / "r"
+    apply([f("d/old")], root, APPLY)
+    apply([f(".wh.d"), f("d/x", b"new")], root, APPLY)
+    assert os.listdir(root / "d") == ["x"]

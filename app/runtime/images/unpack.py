@@ -158,6 +158,8 @@ class _Extractor:
             self._chown_fd(self.root.fd, m)
             self.dirs.append(((), m.mode, int(m.mtime * 1e9)))
             return
+        if self.whiteouts:
+            self._revive_parents(parts)
         parent = self.root.dir_fd(parts[:-1], create=True, created=self.present)
         name = parts[-1]
         if m.isdir():
@@ -186,6 +188,18 @@ class _Extractor:
             self._device(parent, name, m)
         else:
             self.warn(f"type-{m.type!r}", f"skipped entry {m.name!r} of unsupported tar type {m.type!r}")
+
+    def _revive_parents(self, parts: Parts) -> None:
+        """``.wh.d`` then ``d/x`` in one layer: the layer's ``d`` wins, as a directory
+        that still hides the lower ``d`` (opaque), instead of a walk through a whiteout."""
+        for i in range(1, len(parts)):
+            prefix = parts[:i]
+            if prefix in self.whiteouts:
+                parent = self.root.dir_fd(prefix[:-1], create=False)
+                os.unlink(prefix[-1], dir_fd=parent)
+                self.whiteouts.discard(prefix)
+                os.mkdir(prefix[-1], 0o755, dir_fd=parent)
+                os.setxattr(self.root.dir_fd(prefix, create=False), self.opts.opaque_xattr, b"y")
 
     def _mark_present(self, parts: Parts) -> None:
         for i in range(len(parts), 0, -1):
