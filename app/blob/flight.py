@@ -96,6 +96,11 @@ class Flight:
         metrics.INFLIGHT_DOWNLOADS.inc()
         try:
             await self._download(writer)
+            if writer.digest() == self.digest and (self.size is None or writer.offset == self.size):
+                # The bytes are proven: release the last byte to waiters now; the fsync and rename
+                # of commit() (which re-checks both) happen while they finish.
+                self.verified = True
+                self._notify()
             info = await asyncio.to_thread(writer.commit)
             self.verified = True
             self.written = info.size
@@ -261,7 +266,15 @@ class FlightReader:
     def __aiter__(self) -> FlightReader:
         return self
 
-    async def __anext__(self) -> bytes:
+    def fileno(self) -> int:
+        """The ingest file (same inode as the committed blob), for zero-copy senders."""
+        fd = self._f._fd
+        if fd is None:
+            raise Unavailable(f"download of {self._f.digest} ended", category=Category.IMAGE)
+        return fd
+
+    async def next_span(self, limit: int | None = None) -> tuple[int, int] | None:
+        """Wait for readable bytes; return ``(offset, count)`` (consumed) or None at the end."""
         f = self._f
         try:
             await f._ready.wait()
@@ -269,26 +282,34 @@ class FlightReader:
                 raise f.error or Unavailable(f"download of {f.digest} ended", category=Category.IMAGE)
             while self._end is None or self._pos < self._end:
                 ev = f._progress
-                avail = f.readable
+                avail = f.readable if self._end is None else min(f.readable, self._end)
                 if self._pos < avail:
-                    n = min(READ_CHUNK, avail - self._pos)
-                    if self._end is not None:
-                        n = min(n, self._end - self._pos)
-                    data = os.pread(f._fd, n, self._pos)
-                    if not data:
-                        raise Internal(f"ingest of {f.digest} shrank under a reader")
-                    self._pos += len(data)
-                    return data
+                    pos, n = self._pos, avail - self._pos
+                    if limit is not None:
+                        n = min(n, limit)
+                    self._pos += n
+                    return pos, n
                 if f.error is not None:
                     raise f.error
-                if f._done.is_set() and self._pos >= f.written:
-                    break
+                if (f.verified or f._done.is_set()) and self._pos >= f.written:
+                    break  # verified: no need to wait for the fsync and rename of commit()
                 await ev.wait()
         except BaseException:
             await self.aclose()
             raise
         await self.aclose()
-        raise StopAsyncIteration
+        return None
+
+    async def __anext__(self) -> bytes:
+        span = await self.next_span(READ_CHUNK)
+        if span is None:
+            raise StopAsyncIteration
+        fd = self._f._fd
+        data = os.pread(fd, span[1], span[0]) if fd is not None else b""
+        if len(data) != span[1]:
+            await self.aclose()
+            raise Internal(f"ingest of {self._f.digest} shrank under a reader")
+        return data
 
     async def aclose(self) -> None:
         if self._open:

@@ -93,7 +93,8 @@ class Prepuller:
             job.blobs_total = len(blobs)
             job.bytes_total = sum(d.size for d in blobs)
             await self._persist(job)
-            await asyncio.gather(*(self._pull_blob(job, d) for d in blobs))
+            progress: dict[str, int] = {}
+            await asyncio.gather(*(self._pull_blob(job, d, progress) for d in blobs))
             job.state = "done"
         except VappError as exc:
             job.state, job.error = "failed", exc.message
@@ -116,26 +117,24 @@ class Prepuller:
             raise InvalidArgument(f"{job.reference} is not an image", category=Category.IMAGE)
         return [parsed.config, *parsed.layers]
 
-    async def _pull_blob(self, job: CachePrepull, desc: Descriptor) -> None:
+    async def _pull_blob(self, job: CachePrepull, desc: Descriptor, progress: dict[str, int]) -> None:
+        """Pull one blob; ``progress`` (digest -> bytes) is shared by the job's concurrent pulls."""
         ref = Reference.parse(job.reference)
+
+        def update(done: int, _total: int | None) -> None:
+            metrics.PREPULL_BYTES.inc(max(0, done - progress.get(desc.digest, 0)))
+            progress[desc.digest] = done
+            job.bytes_done = sum(progress.values())
+
         async with self._slots:
             handle = await self.cache.open_blob(ref.registry, ref.repository, desc.digest)
             try:
                 if handle.flight is not None:
-                    last = [0, time.monotonic()]
-                    before = job.bytes_done
-
-                    def progress(done: int, _total: int | None) -> None:
-                        job.bytes_done = before + done
-                        metrics.PREPULL_BYTES.inc(max(0, done - last[0]))
-                        last[0] = done
-
-                    await handle.flight.wait_done(progress)
-                    job.bytes_done = before + desc.size
-                else:
-                    job.bytes_done += desc.size
+                    await handle.flight.wait_done(update)
             finally:
                 handle.release()
+        progress[desc.digest] = desc.size
+        job.bytes_done = sum(progress.values())
         job.blobs_done += 1
         await self._persist(job)
 

@@ -280,6 +280,17 @@ class Upstream:
             await ep.aclose()
 
 
+def _tune_httpcore() -> None:
+    """Read 1 MiB per socket read instead of httpcore's 64 KiB: per-read overhead in Python,
+    not the network, limits a loopback/LAN layer download (measured ~2x on 64 MiB blobs).
+    A class attribute, so it applies process-wide; larger reads are harmless to other users."""
+    try:
+        from httpcore._async.http11 import AsyncHTTP11Connection
+    except ImportError:  # pragma: no cover - a future httpcore layout
+        return
+    AsyncHTTP11Connection.READ_NUM_BYTES = max(AsyncHTTP11Connection.READ_NUM_BYTES, 1024 * 1024)
+
+
 def _credentials(registry: str, cfg: UpstreamSettings) -> auth.BasicCredentials | None:
     if cfg.username and cfg.password is not None:
         return auth.BasicCredentials(cfg.username, cfg.password.get_secret_value())
@@ -298,6 +309,7 @@ class UpstreamPool:
     def __init__(self, settings: BlobSettings) -> None:
         self.settings = settings
         self.tokens = auth.TokenCache()
+        _tune_httpcore()
         self._upstreams: dict[str, Upstream] = {}
 
     def config_for(self, registry: str) -> UpstreamSettings:

@@ -156,3 +156,12 @@ async def serve_asgi(app: Any) -> AsyncIterator[int]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 5)
+
+
+async def committed(c: RunningCache, *digests: str, timeout: float = 10.0) -> None:
+    """Wait until the blobs are committed and recorded: a client's response can complete once the
+    bytes are verified, a moment before the fsync + rename + metadata insert finish."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not all(d in c.cache.blobs and c.store.exists(d) for d in digests):
+        assert asyncio.get_running_loop().time() < deadline, f"not committed: {digests}"
+        await asyncio.sleep(0.01)

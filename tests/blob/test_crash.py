@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.blob.fakeupstream import FakeUpstream
-from tests.blob.harness import blob_settings, running_cache
+from tests.blob.harness import blob_settings, committed, running_cache
 from tests.helpers.ports import free_port
 
 MiB = 1024 * 1024
@@ -60,4 +60,5 @@ async def test_kill_9_during_download_then_restart(tmp_path: Path) -> None:
             assert files == set(c.cache.blobs) == {small_d}  # metadata matches the files
             r = await client.get(f"{c.url}/v2/app/blobs/{big_d}")
             assert r.status_code == 200 and r.content == big
+            await committed(c, big_d)
             assert c.store.read(big_d) == big

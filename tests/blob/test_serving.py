@@ -18,7 +18,7 @@ from app.api.registry import create_admin_router
 from app.errors import VappError
 from app.oci import mediatypes as mt
 from app.oci.reference import Reference
-from tests.blob.harness import blob_settings, local_upstream, running_cache
+from tests.blob.harness import blob_settings, committed, local_upstream, running_cache
 from tests.helpers.registry import RegistryInfo
 
 with warnings.catch_warnings():
@@ -130,6 +130,7 @@ async def test_eviction_quota_pins_and_admin(tmp_path: Path, registry: RegistryI
     async with running_cache(tmp_path, _settings(registry)) as c, httpx.AsyncClient() as client:
         for d in img.layers:
             assert (await client.get(f"{c.url}/v2/{img.repository}/blobs/{d}")).status_code == 200
+        await committed(c, *img.layers)
         pinned = img.layers[0]
         c.service.pin(pinned)
         c.cache.settings.quota_bytes = 1  # everything but the pinned blob must go
@@ -162,7 +163,8 @@ async def test_eviction_quota_pins_and_admin(tmp_path: Path, registry: RegistryI
             assert registry.host in (await a.get("/v1/cache/upstreams")).json()
             # Evicted content comes back on the next pull.
             r = await client.get(f"{c.url}/v2/{img.repository}/blobs/{pinned}")
-            assert r.status_code == 200 and c.store.exists(pinned)
+            assert r.status_code == 200
+            await committed(c, pinned)
 
 
 async def test_prepull_and_fetcher(tmp_path: Path, registry: RegistryInfo, test_images: Any) -> None:

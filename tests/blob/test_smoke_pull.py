@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.blob.harness import blob_settings, local_upstream, running_cache, skopeo_copy
+from tests.blob.harness import blob_settings, committed, local_upstream, running_cache, skopeo_copy
 from tests.helpers.registry import RegistryInfo
 
 
@@ -35,6 +35,7 @@ async def test_skopeo_pulls_every_image_through_cache(tmp_path: Path, registry: 
             index = json.loads((dest / "index.json").read_text())
             assert index["manifests"][0]["digest"] == img.manifest_digest
             pulled = _layout_blobs(dest)
+            await committed(c, *img.layers)
             for digest in img.layers:
                 assert digest in pulled
                 assert c.store.read(digest) == pulled[digest]

@@ -220,6 +220,8 @@ class RegistryApp:
                 sent = count
             elif handle.path is not None:
                 sent = await _send_file(send, handle.path, start, end or 0, gone)
+            elif zerocopy and end is not None:
+                sent = await _sendfile_flight(send, handle, start, end, gone)
             else:
                 sent = await _send_flight(send, handle, start, end, gone)
             served.inc(sent)
@@ -265,6 +267,22 @@ async def _send_flight(send: Send, handle: BlobHandle, start: int, end: int | No
         await reader.aclose()
     # An error from the flight propagates before this point: the response stays short and the
     # server closes the connection, so the client sees a failure rather than a wrong blob.
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return sent
+
+
+async def _sendfile_flight(send: Send, handle: BlobHandle, start: int, end: int, gone: asyncio.Event) -> int:
+    """Stream-through with sendfile(2) from the ingest file, span by span as the download lands."""
+    reader = handle.reader(start, end)
+    sent = 0
+    try:
+        with os.fdopen(os.dup(reader.fileno()), "rb", buffering=0) as fh:
+            while (span := await reader.next_span()) is not None and not gone.is_set():
+                await send({"type": "http.response.zerocopy", "file": fh, "offset": span[0], "count": span[1],
+                            "more_body": True})  # fmt: skip
+                sent += span[1]
+    finally:
+        await reader.aclose()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return sent
 

@@ -184,7 +184,13 @@ class RegistryServer:
             timeout = HEAD_TIMEOUT
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                    first = await asyncio.wait_for(reader.readexactly(1), timeout)
+                    if not first.isupper():
+                        # Not HTTP (a TLS ClientHello from a client trying https first): answer at
+                        # once so it falls back to plain HTTP instead of waiting for a timeout.
+                        writer.write(b"HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        return
+                    head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
                     return
                 try:
