@@ -32,3 +32,37 @@ def test_daemon_pull_inspect_restart(tmp_path: Path, registry, test_images) -> N
         assert r.status_code == 200
         assert c.get("/v1/images").json() == []
         assert [p for p in (d.state_dir / "snapshots" / "layers").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_rootless_daemon_pull(tmp_path: Path, registry, test_images, unpriv_user) -> None:  # type: ignore[no-untyped-def]
+    """An unprivileged daemon: layers extracted in the mapped namespace, owned by subordinate IDs."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    img = test_images.multilayer
+    work = Path(tempfile.mkdtemp(prefix="vapp-img-daemon-", dir="/tmp"))  # pytest's tmp is root-only
+    os.chown(work, unpriv_user.uid, unpriv_user.gid)
+    cfg = work / "vapp.toml"
+    cfg.write_text(f'[blob.upstreams."{registry.host}"]\nurl = "{registry.url}"\n')
+    os.chown(cfg, unpriv_user.uid, unpriv_user.gid)
+    u = unpriv_user
+    try:
+        with DaemonProcess(work / "d", user=u, args=["--config", str(cfg)]) as d, d.client() as c:
+            r = c.post("/v1/images/pull", json={"reference": img.ref}, timeout=120)
+            assert r.status_code == 200, r.text
+            chains = r.json()["chain_ids"]
+            fs = d.state_dir / "snapshots" / "layers" / chains[0][7:] / "fs"
+            owners = {p.lstat().st_uid for p in fs.rglob("*")}
+            assert owners <= {u.uid, *range(u.subuid_start, u.subuid_start + 65536)}
+            assert owners - {u.uid}, "container IDs other than 0 land in the subordinate range"
+            assert c.delete(f"/v1/images/{img.ref}").status_code == 200
+            assert not fs.exists(), "removed through the namespace helper"
+    finally:
+        subprocess.run(
+            ["unshare", "--user", "--map-root-user", f"--map-users={u.subuid_start},1,65536",
+             f"--map-groups={u.subgid.start},1,65536", "rm", "-rf", str(work)],
+            user=u.uid, group=u.gid, check=False, cwd="/",
+        )  # fmt: skip
+        shutil.rmtree(work, ignore_errors=True)
