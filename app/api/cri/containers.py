@@ -227,9 +227,13 @@ class ContainerRpcs:
                                        context: Ctx) -> pb.UpdateContainerResourcesResponse:
         info = await self._cri_info(request.container_id)
         update = getattr(self.containers, "update_resources", None)
-        if update is None:
-            raise Unavailable("the container service cannot update resources on this node yet")
-        await update(info.id, request.linux)
+        if update is not None:
+            await update(info.id, request.linux)
+        elif info.status is ContainerStatus.RUNNING and info.pid:
+            await asyncio.to_thread(_write_limits, info.id, info.pid, request.linux)
+        else:
+            raise FailedPrecondition(f"container {info.id} is not running (state {info.status.value})")
+        await self.index.refresh(info.id)
         return pb.UpdateContainerResourcesResponse()
 
     @cri_rpc
@@ -278,6 +282,23 @@ class ContainerRpcs:
                                                   created_at=int(ev.at * 1e9), containers_statuses=statuses))
 
 
+def _write_limits(container_id: str, pid: int, res: pb.LinuxContainerResources) -> None:
+    """New limits on the running container's cgroup (through the kernel seam's cgroup writer)."""
+    from app.runtime.kernel import cgroups
+
+    paths = stats.cgroup_paths(pid)
+    path = paths.get("memory") or paths.get("cpu") or ""
+    if not path.rstrip("/").endswith(container_id):  # never write limits on a cgroup we share
+        raise FailedPrecondition(f"container {container_id} has no cgroup of its own on this node")
+    memory = {k: v for k, v in (("limit", res.memory_limit_in_bytes), ("swap", res.memory_swap_limit_in_bytes))
+              if v}
+    cpu = {k: v for k, v in (("shares", res.cpu_shares), ("period", res.cpu_period), ("quota", res.cpu_quota)) if v}
+    try:
+        cgroups.create(path, {"memory": memory, "cpu": cpu})
+    except OSError as exc:
+        raise InvalidArgument(f"cannot apply the limits: {exc.strerror or exc}") from exc
+
+
 def _signal_shim_reopen(containers: Any, container_id: str) -> None:
     """The shim reopens its CRI log on SIGUSR1 (``app.runtime.supervise.shim``)."""
     from app.runtime.oci import state as oci_state
@@ -294,7 +315,7 @@ def _stats(info: ContainerInfo) -> pb.ContainerStats:
     attrs = pb.ContainerAttributes(id=info.id, metadata=pb.ContainerMetadata(
         name=info.annotations.get(cc.NAME_KEY, info.name)), labels=info.labels,
         annotations=cc.visible(info.annotations))
-    cpu, mem = stats.usage(info.pid if info.status is ContainerStatus.RUNNING else None)
+    cpu, mem = stats.usage(info.pid if info.status is ContainerStatus.RUNNING else None, info.id)
     return pb.ContainerStats(attributes=attrs, cpu=cpu, memory=mem)
 
 

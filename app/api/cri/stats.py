@@ -9,7 +9,8 @@ Where a container's cgroup lives comes from ``/proc/<pid>/cgroup`` of its init
     memory.stat total_rss               → memory.rss_bytes
     memory.stat total_pgfault / total_pgmajfault → page_faults / major_page_faults
 
-Missing files (cgroups not available, container not running) leave the fields unset.
+Missing files (cgroups not available, container not running, or a container without a
+cgroup of its own) leave the fields unset rather than report someone else's usage.
 """
 
 from __future__ import annotations
@@ -57,12 +58,13 @@ def _memory_stat(path: Path) -> dict[str, int]:
     return out
 
 
-def usage(pid: int | None, root: Path = CGROUP_ROOT) -> tuple[pb.CpuUsage, pb.MemoryUsage]:
+def usage(pid: int | None, container_id: str, root: Path = CGROUP_ROOT) -> tuple[pb.CpuUsage, pb.MemoryUsage]:
+    """Figures of the container's own cgroups; a cgroup it shares (no limits asked) is not reported."""
     now = time.time_ns()
     cpu, mem = pb.CpuUsage(timestamp=now), pb.MemoryUsage(timestamp=now)
     if not pid:
         return cpu, mem
-    paths = cgroup_paths(pid)
+    paths = {k: v for k, v in cgroup_paths(pid).items() if v.rstrip("/").endswith(container_id)}
     if "cpuacct" in paths:
         ns = _read_int(root / "cpuacct" / paths["cpuacct"].lstrip("/") / "cpuacct.usage")
         if ns is not None:
