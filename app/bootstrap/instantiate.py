@@ -146,11 +146,28 @@ def _component(intent: Intent, comp: Component, r: Renderer, ctx: dict[str, Any]
     )
 
 
+_RENDERERS: dict[tuple[int, Path | None], tuple[Profile, Renderer]] = {}
+
+
+def _renderer(profile: Profile, templates_dir: Path | None) -> Renderer:
+    """One Renderer (and so one compiled-template cache) per loaded profile: a no-op pass
+    re-renders everything and must not recompile. Template edits on disk still show, as the
+    cache is keyed by the template's source text."""
+    key = (id(profile), templates_dir)
+    hit = _RENDERERS.get(key)
+    if hit is None or hit[0] is not profile:
+        if len(_RENDERERS) > 64:
+            _RENDERERS.clear()
+        hit = (profile, Renderer(templates_dir, [*profile.variables, *BUILTINS]))
+        _RENDERERS[key] = hit
+    return hit[1]
+
+
 def instantiate(intent: Intent, profile: Profile, templates_dir: Path | None, node: NodeContext,
                 fingerprints: Mapping[str, str] | None = None) -> Instance:
     """Render one intent. Raises :class:`InvalidArgument` naming the field, template and variable."""
     ctx = base_context(intent, profile, node)
-    r = Renderer(templates_dir, [*profile.variables, *BUILTINS])
+    r = _renderer(profile, templates_dir)
     leaves = []
     for i, c in enumerate(profile.pki.certs):
         if not _selected(c.roles, intent.roles):
