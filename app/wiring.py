@@ -94,7 +94,9 @@ async def build_node(settings: Settings) -> Node:
     unpacker = LayerUnpacker.for_this_process()
     snap_root = settings.state_dir / "snapshots"
     layers = LayerSnapshots(snap_root, remover=unpacker.remove)
-    snapshotter, _why = build_snapshotter(settings.runtime.snapshotter, layers, snap_root, remover=unpacker.remove)
+    snapshotter, _why = build_snapshotter(
+        settings.runtime.snapshotter, layers, snap_root, remover=unpacker.remove, merger=unpacker.merge
+    )
     puller = Puller(
         node.cache.fetcher, node.content, layers, unpacker,
         platform=Platform.parse(settings.runtime.platform) if settings.runtime.platform else Platform.host(),

@@ -73,6 +73,7 @@ from app.runtime.images.fetch import RegistryFetcher
 from app.runtime.images.pull import Puller
 from app.runtime.images.unpacker import LayerUnpacker
 from app.runtime.snapshots.layers import LayerSnapshots
+from app.runtime.snapshots.copy import CopySnapshotter
 from app.runtime.snapshots.overlay import OverlaySnapshotter
 from app.runtime.snapshots.probe import probe_snapshotter
 root, url, ref = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -88,8 +89,11 @@ async def main():
 res = asyncio.run(main())
 snap = OverlaySnapshotter(layers, root / "snapshots", userxattr=True, remover=unpacker.remove)
 m = snap.prepare("c1", res.chain_ids)[0]
+copy = CopySnapshotter(layers, root / "snapshots", merger=unpacker.merge, remover=unpacker.remove)
+copy.prepare("c2", res.chain_ids)
 print(json.dumps({"mode": unpacker.mode, "type": m.type, "source": m.source, "data": m.data(),
-                  "target": str(snap.rootfs_dir("c1")), "chains": res.chain_ids, "probe": probe_snapshotter()}))
+                  "target": str(snap.rootfs_dir("c1")), "chains": res.chain_ids, "probe": probe_snapshotter(),
+                  "copy": str(copy.rootfs_dir("c2"))}))
 """
 
 
@@ -118,7 +122,18 @@ def test_rootless_unpack_and_overlay(unpriv_user, test_images, registry, name: s
         ]
         mount = Mount(doc["type"], doc["source"], tuple(doc["data"].split(",")))
         got = _dump(ns, mount, Path(doc["target"]), run=lambda argv, **kw: run_as(unpriv_user, argv, **kw))
-        assert got["tree"] == tree(umoci_rootfs(img.oci_layout, tmp_path / "umoci"))
+        expected = tree(umoci_rootfs(img.oci_layout, tmp_path / "umoci"))
+        assert got["tree"] == expected
+
+        # The copy snapshotter's merged tree, seen from the host: IDs shifted into the range.
+        def to_container(host_id: int, start: int) -> int:
+            return 0 if host_id in (unpriv_user.uid, unpriv_user.gid) else host_id - start + 1
+
+        copied = {
+            k: (t, m, to_container(u, unpriv_user.subuid_start), to_container(g, unpriv_user.subgid.start), x)
+            for k, (t, m, u, g, x) in tree(Path(doc["copy"])).items()
+        }
+        assert copied == expected
     finally:
         subprocess.run(
             [

@@ -3,7 +3,8 @@
 Runs inside the mapped user namespace :mod:`rootless` creates (it would work as
 root too). stdin: ``{"blob", "media_type", "dest", "options"}``; stdout, one
 line: ``{"result": UnpackResult}`` or ``{"error": {...}, "type": "UnsafeEntry"}``.
-``helper rm PATH...`` removes trees (files of subordinate IDs) instead.
+``helper rm PATH...`` removes trees (files of subordinate IDs) instead;
+``helper merge DEST LAYER...`` flattens layer snapshots (the copy snapshotter).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from app.errors import VappError
 from app.runtime.images.safefs import remove_tree
@@ -21,6 +23,11 @@ def main() -> int:
     if sys.argv[1:2] == ["rm"]:
         for path in sys.argv[2:]:
             remove_tree(path)
+        return 0
+    if sys.argv[1:2] == ["merge"]:
+        from app.runtime.snapshots.copy import merge_layers
+
+        merge_layers([Path(p) for p in sys.argv[3:]], Path(sys.argv[2]))
         return 0
     req = json.loads(sys.stdin.read())
     try:

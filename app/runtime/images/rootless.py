@@ -151,6 +151,14 @@ def unpack_in_userns(idmap: IdMap, blob: Path, media_type: str, dest: Path, opts
     )
 
 
+def merge_in_userns(idmap: IdMap, layer_dirs: list[Path], dest: Path) -> None:
+    """Flatten layer snapshots into ``dest`` keeping subordinate ownership (copy snapshotter)."""
+    argv = [*helper_argv(idmap), "merge", str(dest), *(str(p) for p in layer_dirs)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=HELPER_TIMEOUT, env=_helper_env(), check=False)
+    if proc.returncode != 0:
+        raise Internal(f"cannot build a rootfs copy: {proc.stderr.strip()[-300:]}", category=Category.IMAGE)
+
+
 def remove_in_userns(idmap: IdMap, path: Path) -> None:
     """``rm -rf`` of a tree holding files of subordinate IDs (the daemon alone may not)."""
     if not os.path.lexists(path):

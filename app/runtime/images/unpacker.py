@@ -57,6 +57,15 @@ class LayerUnpacker:
         with open(blob, "rb") as src:
             return apply_layer(src, dest, media_type, opts)
 
+    def merge(self, layer_dirs: list[Path], dest: Path) -> None:
+        """Flatten layer snapshots into ``dest`` (the copy snapshotter's merger)."""
+        if self.idmap is not None:
+            rootless.merge_in_userns(self.idmap, layer_dirs, dest)
+            return
+        from app.runtime.snapshots.copy import merge_layers
+
+        merge_layers(layer_dirs, dest)
+
     def remove(self, path: Path) -> None:
         """Remove a tree this unpacker wrote (files of subordinate IDs need the namespace)."""
         if self.idmap is not None:

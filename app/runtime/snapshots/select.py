@@ -23,6 +23,7 @@ def build_snapshotter(
     root: Path,
     *,
     remover: Callable[[Path], None] = remove_tree,
+    merger: Callable[[list[Path], Path], None] | None = None,
     rootless: bool | None = None,
 ) -> tuple[Snapshotter, str]:
     """``(snapshotter, reason)``; ``auto`` probes (see :func:`probe_snapshotter`)."""
@@ -32,7 +33,7 @@ def build_snapshotter(
         choice, reason = probe_snapshotter(root, rootless=rootless)
     log.info("snapshotter: %s (%s)", choice, reason)
     if choice == "copy":
-        return CopySnapshotter(layers, root, remover=remover), reason
+        return CopySnapshotter(layers, root, merger=merger, remover=remover), reason
     kind = "fuse-overlayfs" if choice == "fuse-overlayfs" else "overlay"
     snap = OverlaySnapshotter(layers, root, kind=kind, userxattr=rootless, remover=remover)  # type: ignore[arg-type]
     return snap, reason
