@@ -188,6 +188,14 @@ async def test_stop_pod_stops_its_containers_and_bad_requests(stack: Any, test_i
     assert (await rt.ContainerStatus(pb.ContainerStatusRequest(container_id=qid))).status.exit_code == 7
     unfiltered = (await rt.ListContainers(pb.ListContainersRequest())).containers
     assert {c.id: c.state for c in unfiltered}[qid] == pb.CONTAINER_EXITED
+    assert await code_of(rt.ExecSync(pb.ExecSyncRequest(container_id=qid, cmd=["true"]))) \
+        == grpc.StatusCode.FAILED_PRECONDITION  # not running
+    assert await code_of(rt.Exec(pb.ExecRequest(container_id=qid, cmd=["true"], stdout=True))) \
+        == grpc.StatusCode.FAILED_PRECONDITION
+    t0 = asyncio.get_running_loop().time()
+    assert await code_of(rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "30"], timeout=1))) \
+        == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert asyncio.get_running_loop().time() - t0 < 10
     await asyncio.wait_for(rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id)), 30)
     st = (await rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid))).status
     assert st.state == pb.CONTAINER_EXITED
