@@ -78,11 +78,15 @@ async def test_full_lifecycle_with_logs_exec_and_filters(stack: Any, test_images
     assert (await im.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image="nope:1")))).HasField("image") \
         is False
     logs = tmp / "podlogs"
+    data = tmp / "hostdata"
+    data.mkdir()
+    (data / "greeting").write_text("from the host\n")
     config = pod_config("life", hostname="life-host", log_directory=str(logs))
     pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config))).pod_sandbox_id
     cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="main"), image=pb.ImageSpec(image=ref),
                              command=["sh", "-c", "echo hello-cri; echo err-line >&2; exec sleep 1000"],
                              envs=[pb.KeyValue(key="FOO", value="bar")], labels={"role": "main"},
+                             mounts=[pb.Mount(container_path="/data", host_path=str(data), readonly=True)],
                              log_path="main/0.log", linux=pb.LinuxContainerConfig(
                                  resources=pb.LinuxContainerResources(memory_limit_in_bytes=256 << 20)))
     cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg,
@@ -94,6 +98,11 @@ async def test_full_lifecycle_with_logs_exec_and_filters(stack: Any, test_images
                                                timeout=10))
     assert out.exit_code == 0 and out.stdout.split() == [b"bar", b"life-host"]
     assert (await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "exit 4"]))).exit_code == 4
+    out = await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "cat /data/greeting; touch /data/x"]))
+    assert out.stdout == b"from the host\n" and out.exit_code != 0  # read-only bind mount
+    full = await rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid, verbose=True))
+    assert [(m.container_path, m.host_path, m.readonly) for m in full.status.mounts] == [("/data", str(data), True)]
+    assert json.loads(full.info["info"])["sandboxID"] == pod_id
     ip = (await rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id))).status.network.ip
     out = await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["ip", "-4", "-o", "addr", "show", "eth0"]))
     assert ip and ip.encode() in out.stdout  # the container lives in the pod's network namespace

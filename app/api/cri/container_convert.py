@@ -7,6 +7,7 @@ what CRI clients see.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from app.services.pod_types import Pod
 PREFIX = "io.4lock.cri."
 POD_KEY, NAME_KEY, ATTEMPT_KEY = PREFIX + "pod-id", PREFIX + "name", PREFIX + "attempt"
 IMAGE_KEY, IMAGE_REF_KEY, LOG_KEY = PREFIX + "image", PREFIX + "image-ref", PREFIX + "log-path"
+MOUNTS_KEY = PREFIX + "mounts"
 _PROPAGATION = {pb.PROPAGATION_PRIVATE: "rprivate", pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
                 pb.PROPAGATION_BIDIRECTIONAL: "rshared"}
 _STATE = {ContainerStatus.CREATED: pb.CONTAINER_CREATED, ContainerStatus.RUNNING: pb.CONTAINER_RUNNING,
@@ -64,7 +66,9 @@ def container_spec(cid: str, cfg: pb.ContainerConfig, pod: Pod, files: dict[str,
     etc["/etc/hostname"] = str(files["hostname"])
     annotations = dict(cfg.annotations)
     annotations.update({POD_KEY: pod.id, NAME_KEY: cfg.metadata.name, ATTEMPT_KEY: str(cfg.metadata.attempt),
-                        IMAGE_KEY: cfg.image.image, IMAGE_REF_KEY: image_ref, LOG_KEY: log_path})
+                        IMAGE_KEY: cfg.image.image, IMAGE_REF_KEY: image_ref, LOG_KEY: log_path,
+                        MOUNTS_KEY: json.dumps([[m.container_path, m.host_path, m.readonly, m.propagation]
+                                                for m in cfg.mounts])})
     return ContainerSpec(
         id=cid,
         name=f"{cfg.metadata.name}_{pod.spec.name}_{pod.spec.namespace}_{pod.spec.uid}_{cfg.metadata.attempt}",
@@ -111,7 +115,16 @@ def container(info: ContainerInfo) -> pb.Container:
     )
 
 
-def container_status(info: ContainerInfo, mounts: list[pb.Mount] | None = None) -> pb.ContainerStatus:
+def mounts_of(info: ContainerInfo) -> list[pb.Mount]:
+    try:
+        items = json.loads(info.annotations.get(MOUNTS_KEY, "[]"))
+        return [pb.Mount(container_path=c, host_path=h, readonly=bool(r), propagation=int(p))  # type: ignore[arg-type]
+                for c, h, r, p in items]
+    except (ValueError, TypeError):
+        return []
+
+
+def container_status(info: ContainerInfo) -> pb.ContainerStatus:
     a = info.annotations
     reason = ""
     if info.status is ContainerStatus.EXITED:
@@ -121,7 +134,7 @@ def container_status(info: ContainerInfo, mounts: list[pb.Mount] | None = None) 
         started_at=_ns(info.started_at), finished_at=_ns(info.finished_at),
         exit_code=info.exit_code or 0, image=pb.ImageSpec(image=a.get(IMAGE_KEY, info.image)),
         image_ref=a.get(IMAGE_REF_KEY, info.image), image_id=a.get(IMAGE_REF_KEY, info.image),
-        reason=reason, labels=info.labels, annotations=visible(a), mounts=mounts or [],
+        reason=reason, labels=info.labels, annotations=visible(a), mounts=mounts_of(info),
         log_path=a.get(LOG_KEY, ""),
     )
 

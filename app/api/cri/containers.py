@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -175,7 +176,13 @@ class ContainerRpcs:
     @cri_rpc
     async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Ctx) -> pb.ContainerStatusResponse:
         info = await self._cri_info(request.container_id)
-        return pb.ContainerStatusResponse(status=cc.container_status(info))
+        extra = {}
+        if request.verbose:  # what crictl inspect shows
+            extra["info"] = json.dumps({
+                "sandboxID": info.annotations.get(cc.POD_KEY), "pid": info.pid, "runtime": info.runtime,
+                "bundle": info.bundle, "rootfs": info.rootfs, "network": info.network,
+                "labels": info.labels})
+        return pb.ContainerStatusResponse(status=cc.container_status(info), info=extra)
 
     @cri_rpc
     async def ContainerStats(self, request: pb.ContainerStatsRequest, context: Ctx) -> pb.ContainerStatsResponse:
