@@ -146,6 +146,9 @@ def add_parsers(subparsers: Any, add_config_args: Any = None, settings_of: Any =
     def common(p: argparse.ArgumentParser) -> None:
         if add_config_args is not None:
             add_config_args(p)
+        else:
+            p.add_argument("--config", type=Path, help="TOML configuration file")
+            p.add_argument("--state-dir", type=Path)
         p.add_argument("--local", action="store_true", help="run in this process instead of asking the daemon")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=lambda a: run(a, settings_of(a) if settings_of else _default_settings(a)))
@@ -183,11 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vapp-core")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def cfg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path)
-        p.add_argument("--state-dir", type=Path)
-
-    add_parsers(sub, cfg, _default_settings)
+    add_parsers(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
