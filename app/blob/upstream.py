@@ -19,7 +19,9 @@ one: a large layer may take as long as it needs while bytes keep coming.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import importlib
 import logging
 import ssl
 import time
@@ -289,6 +291,9 @@ def _tune_httpcore() -> None:
     except ImportError:  # pragma: no cover - a future httpcore layout
         return
     AsyncHTTP11Connection.READ_NUM_BYTES = max(AsyncHTTP11Connection.READ_NUM_BYTES, 1024 * 1024)
+    # httpx imports anyio's asyncio backend on the first request (~100+ ms): do it now, not mid-pull.
+    with contextlib.suppress(ImportError):
+        importlib.import_module("anyio._backends._asyncio")
 
 
 def _credentials(registry: str, cfg: UpstreamSettings) -> auth.BasicCredentials | None:
