@@ -89,7 +89,7 @@ class ContainerServiceDriver:
             env=[f"{k}={v}" for k, v in component.env],
             mounts=[{"host_path": m.source, "container_path": m.target, "read_only": m.readonly}
                     for m in component.mounts],
-            memory_mb=None, cpu_cores=None, privileged=False, working_dir=component.directory or None,
+            memory_mb=None, cpu_cores=None, privileged=component.privileged, working_dir=component.directory or None,
             network=component.network, labels={"vapp.bootstrap/component": component.key,
                                                "vapp.bootstrap/spec": component.spec_hash},
         )

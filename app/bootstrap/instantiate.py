@@ -131,7 +131,8 @@ def _component(intent: Intent, comp: Component, r: Renderer, ctx: dict[str, Any]
     except ValidationError as exc:
         text = "; ".join(f"{e['field']}: {e['message']}" for e in format_errors(exc))
         raise InvalidArgument(f"{where}: after rendering: {text}", phase="render") from exc
-    mounts = [MountSpec(m["source"], m["target"] or m["source"], m["readonly"]) for m in out["mounts"]]
+    mounts = [MountSpec(m["source"], m["target"] or m["source"], m["readonly"], m["create"])
+              for m in out["mounts"]]
     mounts.append(MountSpec(str(cdir), str(cdir), readonly=False))
     # Restart a component when a certificate it reads is renewed: its spec hash includes the
     # fingerprints of every PKI file whose path appears in what it is given.
@@ -140,7 +141,8 @@ def _component(intent: Intent, comp: Component, r: Renderer, ctx: dict[str, Any]
     return DesiredComponent(
         key=f"{intent.name}.{comp.name}", intent=intent.name, name=comp.name, image=out["image"],
         command=tuple(out["command"]), env=tuple(sorted(out["env"].items())), mounts=tuple(mounts),
-        network=out["network"], directory=str(cdir), files=tuple(files), volumes=tuple(volumes.values()),
+        network=out["network"], privileged=out["privileged"], directory=str(cdir), files=tuple(files),
+        volumes=tuple(volumes.values()),
         depends_on=tuple(f"{intent.name}.{d}" for d in comp.depends_on), health=health, tasks=tuple(tasks),
         restart=out["restart"], extra_hash=extra,
     )

@@ -229,6 +229,9 @@ class Reconciler:
         elif kind == "container":
             for v in d.volumes:
                 Path(v).mkdir(parents=True, exist_ok=True, mode=0o700)
+            for m in d.mounts:
+                if m.create:
+                    Path(m.source).mkdir(parents=True, exist_ok=True, mode=0o755)
             await self.driver.ensure_running(d)
         elif kind == "wait":
             await self._wait(task, d)

@@ -154,6 +154,7 @@ class Mount(Strict):
     source: str
     target: str | None = None  # default: the same path as the source
     readonly: bool = True
+    create: bool = False  # create the source directory when it is missing
 
 
 class Volume(Strict):
@@ -181,6 +182,7 @@ class Component(Strict):
     mounts: list[Mount] = Field(default_factory=list)
     volumes: list[Volume] = Field(default_factory=list)
     network: Literal["host", "none", "pod"] = "host"
+    privileged: bool = False
     templates: list[TemplateFile] = Field(default_factory=list)
     depends_on: list[str] = Field(default_factory=list)
     health: Health | None = None

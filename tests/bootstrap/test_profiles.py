@@ -198,6 +198,9 @@ def test_kubelet_config_points_at_our_cri_socket(k8s) -> None:
     assert cfg["clusterDNS"] == ["10.96.0.10"] and cfg["clusterDomain"] == "cluster.local"
     f = _flags(kubelet.command)
     assert f["kubeconfig"] == f"{n.kubeconfig_dir}/kubelet.conf" and f["config"] == kubelet.files[0].path
+    assert kubelet.privileged
+    root = next(m for m in kubelet.mounts if m.source == "/var/lib/kubelet")
+    assert root.create and not root.readonly
 
 
 def test_corefile_serves_internal_zone_from_update_dns_records_file(k8s) -> None:
@@ -208,6 +211,8 @@ def test_corefile_serves_internal_zone_from_update_dns_records_file(k8s) -> None
     assert "kubernetes cluster.local in-addr.arpa ip6.arpa" in corefile
     assert f"kubeconfig {n.kubeconfig_dir}/coredns.conf" in corefile
     assert comps["coredns"].health.check.url == "http://127.0.0.1:8080/health"
+    # the hosts file's directory is bound (the file is replaced by rename on every update)
+    assert any(m.source == str(Path(n.dns_hosts_file).parent) and m.create for m in comps["coredns"].mounts)
 
 
 def test_worker_role_runs_only_the_kubelet(tmp_path: Path) -> None:
