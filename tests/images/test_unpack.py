@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -219,3 +220,26 @@ def test_whiteout_then_content_in_the_same_layer(tmp_path: Path) -> None:
     apply([f("d/old")], root, APPLY)
     apply([f(".wh.d"), f("d/x", b"new")], root, APPLY)
     assert os.listdir(root / "d") == ["x"]
+
+
+ENOSPC_SCRIPT = """
+import io, subprocess, sys, tempfile
+from app.errors import ResourceExhausted
+from app.runtime.images.unpack import UnpackOptions, apply_layer
+from tests.images.tarbuild import compress, f, tar_bytes
+d = tempfile.mkdtemp()
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", d], check=True)
+blob, media = compress(tar_bytes([f("big", b"x" * (3 << 20))]), "gzip")
+try:
+    apply_layer(io.BytesIO(blob), d, media, UnpackOptions())
+except ResourceExhausted as exc:
+    print("ResourceExhausted", exc.message)
+"""
+
+
+def test_full_disk_is_resource_exhausted() -> None:
+    proc = subprocess.run(
+        ["unshare", "-m", sys.executable, "-c", ENOSPC_SCRIPT], cwd=Path(__file__).parents[2],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.stdout.startswith("ResourceExhausted"), proc.stdout + proc.stderr

@@ -30,7 +30,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from app.errors import Category, Internal, VappError
+from app.errors import Category, Internal, ResourceExhausted, VappError
 from app.runtime.images.safefs import UnsafeEntry
 from app.runtime.images.stream import BadLayer
 from app.runtime.images.unpack import UnpackOptions, UnpackResult
@@ -117,7 +117,11 @@ def _helper_env() -> dict[str, str]:
     return env
 
 
-_ERRORS: dict[str, type[VappError]] = {"UnsafeEntry": UnsafeEntry, "BadLayer": BadLayer}
+_ERRORS: dict[str, type[VappError]] = {
+    "UnsafeEntry": UnsafeEntry,
+    "BadLayer": BadLayer,
+    "ResourceExhausted": ResourceExhausted,
+}
 
 
 def unpack_in_userns(idmap: IdMap, blob: Path, media_type: str, dest: Path, opts: UnpackOptions) -> UnpackResult:

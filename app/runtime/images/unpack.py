@@ -42,6 +42,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
+from app.errors import Category, Internal, ResourceExhausted
 from app.runtime.images.safefs import RootDir, UnsafeEntry, clean_name
 from app.runtime.images.stream import CHUNK, BadLayer, LayerStream
 
@@ -84,14 +85,21 @@ def apply_layer(src: BinaryIO, dest: str | os.PathLike[str], media_type: str, op
             try:
                 with tarfile.open(fileobj=stream, mode="r:") as tf:  # type: ignore[call-overload]
                     while (member := tf.next()) is not None:
-                        tf.members.clear()  # stream mode keeps every member otherwise
+                        tf.members.clear()  # tarfile keeps every member otherwise
                         ex.entry(tf, member)
                         ex.count += 1
             except tarfile.ReadError as exc:
                 if "empty file" not in str(exc):  # a zero-length layer is a valid empty changeset
                     raise BadLayer(f"layer is not a valid tar archive: {exc}") from exc
+            except (tarfile.TarError, UnicodeError, ValueError) as exc:
+                raise BadLayer(f"layer is not a valid tar archive: {exc}") from exc
             ex.finish()
         stream.drain()
+    except OSError as exc:
+        # Errors of this node, not of the layer: full disk, permissions of the state dir.
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted("no space left for the layer snapshot", category=Category.IMAGE) from exc
+        raise Internal(f"unpacking failed: {exc}", category=Category.IMAGE) from exc
     finally:
         stream.close()
     return UnpackResult(
