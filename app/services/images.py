@@ -19,6 +19,7 @@ needs room; with no cache on the node (``delete_blobs``) it deletes them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -140,6 +141,7 @@ class ImageService:
         # Start times of pulls in progress: GC spares anything created since the
         # oldest, since a pull commits layers before its image row exists.
         self._pulling: dict[int, float] = {}
+        self._tokens = itertools.count()
 
     def set_in_use(self, in_use: Callable[[str], bool]) -> None:
         """Wiring hands in the containers service's check once both exist."""
@@ -163,7 +165,7 @@ class ImageService:
 
     # --- verbs ---------------------------------------------------------------------------
     async def pull(self, text: str, on_event: Callable[[PullEvent], None] | None = None) -> ImageRecord:
-        token = id(object())
+        token = next(self._tokens)
         self._pulling[token] = time.time()
         try:
             res = await self.puller.pull(text, on_event)
