@@ -169,6 +169,10 @@ class ImageService:
         self._pulling[token] = time.time()
         try:
             res = await self.puller.pull(text, on_event)
+            if not all(self.layers.has(c) for c in res.chain_ids):
+                # A GC ran meanwhile and took a snapshot this pull found already there
+                # (left by an earlier, failed pull): pulling again recreates it.
+                res = await self.puller.pull(text, on_event)
             rec = self._save(res)
         finally:
             self._pulling.pop(token, None)
