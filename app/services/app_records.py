@@ -49,7 +49,7 @@ class AppRecords:
             s.add(rec)
             s.commit()
 
-    def _begin(self, spec: AppSpec, fingerprint: str, group: str | None) -> None:
+    def _begin(self, spec: AppSpec, fingerprint: str, group: str | None, container_id: str) -> None:
         now = time.time()
         with self.db.session() as s:
             rec = s.get(AppRecord, spec.app_id)
@@ -63,16 +63,14 @@ class AppRecords:
             rec.reason = None
             rec.exit_code = None
             rec.stop_requested = False
-            rec.container_id = None
+            # Recorded before create: a daemon that dies mid-create finds (and discards) it.
+            rec.container_id = container_id
             rec.updated_at = now
             s.add(rec)
             s.commit()
 
-    async def begin(self, spec: AppSpec, fingerprint: str, group: str | None) -> None:
-        await asyncio.to_thread(self._begin, spec, fingerprint, group)
-
-    async def set_container(self, app_id: str, container_id: str) -> None:
-        await asyncio.to_thread(self._update, app_id, container_id=container_id)
+    async def begin(self, spec: AppSpec, fingerprint: str, group: str | None, container_id: str) -> None:
+        await asyncio.to_thread(self._begin, spec, fingerprint, group, container_id)
 
     async def request_stop(self, app_id: str) -> None:
         await asyncio.to_thread(self._update, app_id, stop_requested=True)

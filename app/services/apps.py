@@ -185,16 +185,15 @@ class AppService:
                 progress(Progress(100, "already running", "start"))
                 return handle
             await self._discard(existing.container_id)
-        await self.records.begin(spec, fingerprint, group)
         bar = _Bar(progress)
         cid = container_id_of(spec.app_id)
+        await self.records.begin(spec, fingerprint, group, cid)
         created = False
         try:
             await self._pull(spec.image, bar)
             bar.at(60, "creating container", "create")
             await self._step("create", self.containers.create(self._request(spec, cid)))
             created = True
-            await self.records.set_container(spec.app_id, cid)
             if rendered:
                 bar.at(65, f"writing {len(rendered)} config files", templates.PHASE)
                 await self._step(templates.PHASE, self.containers.write_files(cid, rendered))
@@ -208,7 +207,7 @@ class AppService:
             if created:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._discard(cid))
-            await asyncio.shield(self.records.finish(spec.app_id, AppStatus.failed(reason)))
+            await asyncio.shield(self.records.finish(spec.app_id, AppStatus.failed(reason), container_id=None))
             raise
         await self.records.finish(spec.app_id, AppStatus("Running"))
         bar.at(100, "running", "running")
