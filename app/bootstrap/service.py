@@ -50,22 +50,34 @@ class EventLog:
     def __init__(self, size: int = 500) -> None:
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
         self._seq = itertools.count(1)
-        self._subs: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subs: dict[asyncio.Queue[dict[str, Any]], asyncio.AbstractEventLoop] = {}
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Record and fan out; callable from the loop or from a worker thread (PKI, rendering)."""
         event = {"seq": next(self._seq), "time": time.time(), **event}
         self.recent.append(event)
-        for q in list(self._subs):
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(event)  # a slow subscriber loses events, never blocks the loop
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for q, loop in list(self._subs.items()):
+            if loop is here:
+                _offer(q, event)
+            else:
+                loop.call_soon_threadsafe(_offer, q, event)
 
     def subscribe(self, maxsize: int = 1000) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize)
-        self._subs.add(q)
+        self._subs[q] = asyncio.get_running_loop()
         return q
 
     def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subs.discard(q)
+        self._subs.pop(q, None)
+
+
+def _offer(q: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
+    with contextlib.suppress(asyncio.QueueFull):
+        q.put_nowait(event)  # a slow subscriber loses events, never blocks the loop
 
 
 @dataclass
@@ -178,9 +190,10 @@ class BootstrapService:
         desired = self._instantiate_all()
         if self._ensure_pki(desired):
             desired = self._instantiate_all()  # certificates changed: hashes of their users too
-        self.last_failed = desired.failed
         for name, msg in desired.failed.items():
-            self.events.emit({"event": "intent_error", "name": name, "message": msg})
+            if self.last_failed.get(name) != msg:  # once per new error, not on every pass
+                self.events.emit({"event": "intent_error", "name": name, "message": msg})
+        self.last_failed = desired.failed
         return desired
 
     # --- passes ----------------------------------------------------------------------

@@ -3,6 +3,7 @@ the watched directory, ownership between files and the API, bad files reported."
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,3 +115,22 @@ async def test_intent_directory_sync(svc_factory, tmp_path: Path) -> None:  # ty
     (d / "b.toml").unlink()
     svc.store.sync_directory(d)
     assert {r["name"] for r in svc.list_intents()} == {"api-one"}
+
+
+async def test_progress_events_reach_subscribers_in_order(svc_factory) -> None:  # type: ignore[no-untyped-def]
+    svc = svc_factory()
+    q = svc.events.subscribe()
+    svc.put_intent(etcd_intent())
+    await svc.apply(timeout=60)
+    await asyncio.sleep(0.05)  # events emitted from the PKI worker thread arrive via call_soon_threadsafe
+    events = []
+    while not q.empty():
+        events.append(q.get_nowait())
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "intent" and "pki_created" in kinds and "rendered" in kinds and "started" in kinds
+    assert kinds.index("pki_created") < kinds.index("rendered") < kinds.index("started")
+    tasks = [e["task"] for e in events if e["event"] == "task"]
+    assert tasks == ["render", "container", "wait"]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs)
+    svc.events.unsubscribe(q)
