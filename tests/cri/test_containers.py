@@ -347,3 +347,36 @@ async def test_containers_share_the_pods_namespaces(stack: Any, test_images: Any
 
     mem_dir = Path("/sys/fs/cgroup/memory") / cgroup_paths(info.pid)["memory"].lstrip("/")
     assert int((mem_dir / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
+
+
+async def test_security_context(stack: Any, test_images: Any) -> None:
+    rt, im, _node, _tmp = stack
+    ref = test_images.busybox.ref
+    await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config("sec")))).pod_sandbox_id
+    sc = pb.LinuxContainerSecurityContext(
+        run_as_user=pb.Int64Value(value=1000), run_as_group=pb.Int64Value(value=1000),
+        supplemental_groups=[1234], no_new_privs=True, readonly_rootfs=True,
+        capabilities=pb.Capability(drop_capabilities=["ALL"], add_capabilities=["NET_BIND_SERVICE"]),
+        masked_paths=["/proc/kcore"], readonly_paths=["/proc/sys"])
+    cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="sec"), image=pb.ImageSpec(image=ref),
+                             command=["sleep", "1000"], linux=pb.LinuxContainerConfig(security_context=sc))
+    cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
+    await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+
+    async def run(script: str) -> pb.ExecSyncResponse:
+        return await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=10))
+
+    assert (await run("id -u; id -g")).stdout.split() == [b"1000", b"1000"]
+    assert b"1234" in (await run("id -G")).stdout.split()
+    status = (await run("grep -E 'NoNewPrivs|CapEff' /proc/self/status")).stdout.decode()
+    assert "NoNewPrivs:\t1" in status
+    assert int(status.split("CapEff:")[1].split()[0], 16) == 0  # non-root: no effective caps
+    # bounding set of the exec'd process and of the container's sleep (PID 1 is the pod's holder:
+    # CRI's default pid mode is POD)
+    bnd = (await run("grep CapBnd /proc/self/status; for p in /proc/[0-9]*; do "
+                     "grep -q sleep $p/cmdline 2>/dev/null && grep CapBnd $p/status; done")).stdout.decode()
+    masks = {int(line.split()[1], 16) for line in bnd.splitlines()}
+    assert masks == {1 << 10}  # NET_BIND_SERVICE only
+    assert (await run("touch /newfile")).exit_code != 0  # read-only rootfs
+    assert (await run("cat /proc/kcore | head -c 1 | wc -c")).stdout.strip() == b"0"  # masked

@@ -40,7 +40,7 @@ def validate(request: pb.CreateContainerRequest) -> None:
 
 def _cap(name: str) -> str:
     name = name.upper()
-    return name if name.startswith("CAP_") or name == "ALL" else "CAP_" + name
+    return name if name.startswith("CAP_") else "CAP_" + name  # "ALL" → "CAP_ALL", as the spec builder wants
 
 
 def container_spec(cid: str, cfg: pb.ContainerConfig, pod: Pod, files: dict[str, Path],
