@@ -6,7 +6,7 @@ forks once and execs a fresh, lean, single-threaded interpreter running :func:`s
 which pre-imports what container setup needs and forks per request::
 
     daemon ──SOCK_SEQPACKET (JSON + SCM_RIGHTS)──► fork server
-       request {"op": "shim", ...}  fds [reply]              ─► fork ─ setsid ─ fork ─► shim
+       request {"op": "shim", ...}  fds [reply]              ─► fork ─ setsid ─► shim
        request {"op": "exec", ...}  fds [reply, stdin?, stdout?, stderr?] ─► fork ─► exec helper
     each forked process answers on its own ``reply`` socket, so requests run concurrently.
 
@@ -74,9 +74,9 @@ def serve(fd: int) -> None:
             sock.close()
             reply = socket.socket(fileno=fds[0])
             if request.get("op") == "shim":
+                # One fork is enough: our child, but in its own session; if the daemon (and so
+                # this server) dies, it is reparented and carries on.
                 os.setsid()
-                if os.fork():
-                    os._exit(0)
                 shim.run_shim(request, reply)
             elif request.get("op") == "exec":
                 execproc.run_exec(request, reply, fds[1:])

@@ -80,21 +80,28 @@ class ContainerService:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._subscribers: set[asyncio.Queue[ContainerEvent]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._rows: dict[str, ContainerRow] = {}
 
     # --- rows ---------------------------------------------------------------------------------
     def _row(self, container_id: str) -> ContainerRow:
+        """By id or name; rows are cached (this service is the only writer of its table)."""
+        row = self._rows.get(container_id)
+        if row is not None:
+            return row
         with self.db.session() as s:
             row = s.get(ContainerRow, container_id)
             if row is None:
                 row = s.exec(select(ContainerRow).where(ContainerRow.name == container_id)).first()
         if row is None:
             raise NotFound(f"container {container_id!r} not found", details={"id": container_id})
+        self._rows[row.id] = row
         return row
 
     def _save(self, row: ContainerRow) -> None:
         with self.db.session() as s:
             s.merge(row)
             s.commit()
+        self._rows[row.id] = row
 
     def _lock(self, container_id: str) -> asyncio.Lock:
         return self._locks.setdefault(container_id, asyncio.Lock())
@@ -151,6 +158,7 @@ class ContainerService:
         with self.db.session() as s:
             s.add(row)
             s.commit()
+        self._rows[row.id] = row
         try:
             await self._spawn(row, backend, bool(cfg["process"].get("terminal")))
             await self._attach_network(row, req)
@@ -251,6 +259,7 @@ class ContainerService:
             if existing is not None:
                 s.delete(existing)
                 s.commit()
+        self._rows.pop(row.id, None)
         self._exited.pop(row.id, None)
         self._locks.pop(row.id, None)
 
@@ -267,7 +276,8 @@ class ContainerService:
             else row.pid
         if alive_pid:
             await client.wait_pid(alive_pid)
-        self._record_exit(container_id)
+        async with self._lock(container_id):  # after a start in progress has emitted "started"
+            self._record_exit(container_id)
 
     def _record_exit(self, container_id: str) -> None:
         try:
@@ -298,7 +308,7 @@ class ContainerService:
                                          details={"exit_code": exc.code}) from exc
             row.status, row.started_at = ContainerStatus.RUNNING.value, time.time()
             self._save(row)
-        self._emit("started", row.id)
+            self._emit("started", row.id)
         return self._info(row)
 
     async def kill(self, container_id: str, sig: int | str = signal.SIGKILL, all_processes: bool = False) -> None:

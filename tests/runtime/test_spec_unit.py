@@ -92,7 +92,7 @@ def test_default_container_is_confined() -> None:
     sys_mount = cfg["mounts"][5]
     assert sys_mount["type"] == "none" and "ro" in sys_mount["options"]  # host netns: bind, read-only
     assert cfg["hostname"] == "abc123def456"
-    assert linux["cgroupsPath"] == "/vapp/abc123def4567890"
+    assert "cgroupsPath" not in linux  # no limits asked: no cgroup of its own
 
 
 def test_network_modes() -> None:
@@ -148,4 +148,5 @@ def test_resources_and_stop_signal() -> None:
     assert cfg["linux"]["resources"] == {"memory": {"limit": 1 << 20}, "cpu": {"quota": 50000, "period": 100000},
                                          "pids": {"limit": 10}}
     assert cfg["annotations"]["org.opencontainers.image.stopSignal"] == "SIGQUIT"
+    assert cfg["linux"]["cgroupsPath"] == "/vapp/abc123def4567890"
     assert S.stop_signal(S.ContainerSpec(id="x"), None) == "SIGTERM"

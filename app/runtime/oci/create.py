@@ -82,15 +82,14 @@ def _maps(linux: dict[str, Any], key: str, own: int) -> list[tuple[int, int, int
 
 
 def write_id_maps(kernel: Kernel, pid: int, linux: dict[str, Any]) -> None:
-    """Single own-ID maps (or any map as root) are written directly; ranges go through newuidmap."""
+    """Single own-ID maps (or any map as root) are written directly; ranges go through
+    newuidmap/newgidmap (setuid helpers, run side by side)."""
     uid, gid = os.geteuid(), os.getegid()
-    for key, own, tool, file in (
-        ("uidMappings", uid, "newuidmap", "uid_map"),
-        ("gidMappings", gid, "newgidmap", "gid_map"),
-    ):
+    helpers: list[tuple[str, subprocess.Popen[bytes]]] = []
+    for key, own, tool, file in (("uidMappings", uid, "newuidmap", "uid_map"),
+                                 ("gidMappings", gid, "newgidmap", "gid_map")):
         maps = _maps(linux, key, own)
-        direct = uid == 0 or maps == [(maps[0][0], own, 1)]
-        if direct:
+        if uid == 0 or maps == [(maps[0][0], own, 1)]:
             if file == "gid_map" and uid != 0:
                 kernel.write_file(f"/proc/{pid}/setgroups", "deny")
             try:
@@ -99,12 +98,13 @@ def write_id_maps(kernel: Kernel, pid: int, linux: dict[str, Any]) -> None:
                 raise CreateError(f"writing {file} {maps}: {exc.strerror}") from exc
             continue
         argv = [tool, str(pid)] + [str(v) for triple in maps for v in triple]
-        result = subprocess.run(argv, capture_output=True, check=False)
-        if result.returncode != 0:
-            raise CreateError(
-                f"{tool} failed: {result.stderr.decode(errors='replace').strip()} "
-                f"(check /etc/sub{'uid' if tool == 'newuidmap' else 'gid'})"
-            )
+        helpers.append((tool, subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.PIPE)))
+    for tool, proc in helpers:
+        _, err = proc.communicate(timeout=10)
+        if proc.returncode != 0:
+            raise CreateError(f"{tool} failed: {err.decode(errors='replace').strip()} "
+                              f"(check /etc/sub{'uid' if tool == 'newuidmap' else 'gid'})")
 
 
 def _bind_exec_socket(directory: str) -> socket.socket:
@@ -180,17 +180,20 @@ def _create(
             raise CreateError("process.terminal is true: --console-socket is required")
         console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         console.connect(console_path)
-    cg = cgroups.create(cgroups.normalize_path(linux.get("cgroupsPath"), st["id"]), linux.get("resources"))
+    cg = cgroups.CgroupSet()
+    if linux.get("cgroupsPath") or _has_limits(linux.get("resources")):
+        cg = cgroups.create(cgroups.normalize_path(linux.get("cgroupsPath"), st["id"]), linux.get("resources"))
     st["cgroups"] = cg.dirs
     for reason in cg.skipped:
         os.write(2, f"vapp-oci: warning: cgroup limit not applied: {reason}\n".encode())
     if subreaper:
         kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    plan = _plan(cfg, cg)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s_pid = os.fork()
     if s_pid == 0:
         parent.close()
-        stage1(kernel, cfg, child, listener, console)
+        stage1(kernel, cfg, child, listener, console, plan)
     child.close()
     listener.close()
     if console:
@@ -208,6 +211,21 @@ def _create(
     return st
 
 
+def _plan(cfg: dict[str, Any], cg: cgroups.CgroupSet) -> dict[str, Any]:
+    """What S can do alone (join cgroups, write its own single-ID map) and what needs P."""
+    linux = cfg.get("linux") or {}
+    plan: dict[str, Any] = {"cgroups": cg.dirs, "self_maps": None, "parent_maps": False}
+    if not any(ns["type"] == "user" and not ns.get("path") for ns in linux.get("namespaces") or []):
+        return plan
+    uid, gid = os.geteuid(), os.getegid()
+    uids, gids = _maps(linux, "uidMappings", uid), _maps(linux, "gidMappings", gid)
+    if uid != 0 and len(uids) == len(gids) == 1 and uids[0][1:] == (uid, 1) and gids[0][1:] == (gid, 1):
+        plan["self_maps"] = {"uid_map": f"{uids[0][0]} {uid} 1\n", "gid_map": f"{gids[0][0]} {gid} 1\n"}
+    else:
+        plan["parent_maps"] = True
+    return plan
+
+
 def _drive(
     kernel: Kernel,
     root: str,
@@ -217,8 +235,11 @@ def _drive(
     s_pid: int,
     cg: cgroups.CgroupSet,
 ) -> None:
+    """Serve S and I until "ready". S's "pid" and I's messages come from two processes, so
+    they may arrive in either order: "hooks"/"ready" seen before the pid wait for it."""
     linux = cfg.get("linux") or {}
     has_user = any(ns["type"] == "user" and not ns.get("path") for ns in linux.get("namespaces") or [])
+    pending: list[str] = []
     while True:
         message = recv(sync)
         if message is None:
@@ -229,24 +250,36 @@ def _drive(
         if kind == "stage1":
             if has_user:
                 write_id_maps(kernel, s_pid, linux)
-            cgroups.add_process(cg, s_pid)
             send(sync, {"type": "go"})
-        elif kind == "pid":
+            continue
+        if kind == "pid":
             st["pid"] = int(message["pid"])
             info = state.proc_stat(st["pid"])
             st["pidStartTime"] = info[1] if info else None
             state.save(root, st)
-        elif kind == "hooks":
-            public = state.public_state(root, st) | {"status": "creating", "pid": st["pid"]}
-            hook_cfg = cfg.get("hooks") or {}
-            try:
-                hooks.run_hooks(hook_cfg.get("prestart"), public, "prestart")
-                hooks.run_hooks(hook_cfg.get("createRuntime"), public, "createRuntime")
-            except hooks.HookError as exc:
-                raise CreateError(str(exc)) from exc
-            send(sync, {"type": "ok", "state": public})
-        elif kind == "ready":
-            return
+        else:
+            pending.append(kind)
+        while pending and st.get("pid"):
+            kind = pending.pop(0)
+            if kind == "ready":
+                return
+            if kind == "hooks":
+                _run_create_hooks(root, cfg, st, sync)
+
+
+def _run_create_hooks(root: str, cfg: dict[str, Any], st: dict[str, Any], sync: socket.socket) -> None:
+    public = state.public_state(root, st) | {"status": "creating", "pid": st["pid"]}
+    hook_cfg = cfg.get("hooks") or {}
+    try:
+        hooks.run_hooks(hook_cfg.get("prestart"), public, "prestart")
+        hooks.run_hooks(hook_cfg.get("createRuntime"), public, "createRuntime")
+    except hooks.HookError as exc:
+        raise CreateError(str(exc)) from exc
+    send(sync, {"type": "ok", "state": public})
+
+
+def _has_limits(resources: dict[str, Any] | None) -> bool:
+    return any((resources or {}).get(key) for key in ("memory", "cpu", "pids"))
 
 
 def _destroy(st: dict[str, Any]) -> None:

@@ -3,10 +3,12 @@
 Processes and the sync messages they exchange over one SOCK_SEQPACKET pair::
 
     creator P (vapp-oci create, or a shim)
-      └─fork─► stage1 S: join ns paths (user first) · unshare(USER) ─"stage1"─► P writes id maps,
-               │         joins cgroups ◄─"go"─ · setresuid(0) · unshare(other ns)
+      └─fork─► stage1 S: join cgroups · join ns paths (user first) · unshare(USER) ·
+               │         own single-ID map written by S itself, or ─"stage1"─► P runs newuidmap/
+               │         newgidmap (or writes, as root) ◄─"go"─ · setresuid(0) · unshare(other ns)
                └─fork─► init I (pid 1 of a new pid ns) ; S ─"pid"─► P ; S exits
                         I: mounts, devices ─"hooks"─► P runs prestart/createRuntime ◄─"ok"(state)─
+                           (that round trip only when such hooks exist: each costs a wakeup)
                            createContainer hooks · pivot_root · masked/ro paths · console ·
                            sysctl/hostname/rlimits · exe lookup ─"ready"─► P (creator returns)
                            accept(exec.sock)  ◄── `start`
@@ -74,9 +76,14 @@ def _namespaces(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def stage1(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: socket.socket,
-           console: socket.socket | None) -> NoReturn:
-    """Runs in S: enter/create namespaces, fork the init, report its pid, exit."""
+           console: socket.socket | None, plan: dict[str, Any]) -> NoReturn:
+    """Runs in S: enter/create namespaces, fork the init, report its pid, exit.
+
+    ``plan``: ``cgroups`` (dirs to join), ``self_maps`` ({"uid_map", "gid_map"} S may write
+    itself: the caller's own single ID) or ``parent_maps`` (P must write them: "stage1"/"go")."""
     try:
+        for directory in plan.get("cgroups") or []:
+            kernel.write_file(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
         namespaces = _namespaces(cfg)
         by_type = {ns["type"]: ns for ns in namespaces}
         user = by_type.get("user")
@@ -84,8 +91,13 @@ def stage1(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: s
             _join(kernel, user["path"], k.CLONE_NEWUSER)
         elif user:
             kernel.unshare(k.CLONE_NEWUSER)
-        send(sock=sync, message={"type": "stage1", "pid": os.getpid()})
-        _expect(sync, "go")
+            if plan.get("self_maps"):
+                kernel.write_file("/proc/self/setgroups", "deny")
+                kernel.write_file("/proc/self/uid_map", plan["self_maps"]["uid_map"])
+                kernel.write_file("/proc/self/gid_map", plan["self_maps"]["gid_map"])
+        if plan.get("parent_maps"):
+            send(sock=sync, message={"type": "stage1", "pid": os.getpid()})
+            _expect(sync, "go")
         if user:
             _become_root()
         unshare_flags = 0
@@ -154,9 +166,11 @@ def init(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: soc
             rootfs.mount_one(kernel, ctx, m)
             dev_tmpfs = dev_tmpfs or (m.get("destination") == "/dev" and m.get("type") == "tmpfs")
         rootfs.setup_devices(kernel, ctx, list(linux.get("devices") or []), dev_tmpfs)
-        send(sync, {"type": "hooks"})
-        state = _expect(sync, "ok")["state"]
-        hooks.run_hooks((cfg.get("hooks") or {}).get("createContainer"), state, "createContainer")
+        state: dict[str, Any] = {}
+        if needs_hook_sync(cfg):
+            send(sync, {"type": "hooks"})
+            state = _expect(sync, "ok")["state"]
+            hooks.run_hooks((cfg.get("hooks") or {}).get("createContainer"), state, "createContainer")
         rootfs.pivot(kernel, ctx.rootfs)
         rootfs.finish(kernel, linux, bool(cfg["root"].get("readonly")), ctx.in_userns)
         proc = cfg["process"]
@@ -180,6 +194,11 @@ def init(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: soc
         _fail(sync, exc)
     sync.close()
     _wait_start_and_exec(kernel, cfg, listener, state, path, args, env)
+
+
+def needs_hook_sync(cfg: dict[str, Any]) -> bool:
+    h = cfg.get("hooks") or {}
+    return any(h.get(stage) for stage in ("prestart", "createRuntime", "createContainer", "startContainer"))
 
 
 def _in_child_userns() -> bool:

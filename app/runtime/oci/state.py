@@ -40,12 +40,17 @@ def container_dir(root: str, container_id: str) -> str:
     return os.path.join(root, container_id)
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: str, data: bytes, mode: int = 0o600, durable: bool = False) -> None:
+    """tmp + rename: readers never see a torn file, even if the writer is killed.
+
+    ``durable`` adds an fsync (power loss). Run-dir state does not outlive a reboot (its
+    processes do not either), so it skips the fsync: a few ms per container."""
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)

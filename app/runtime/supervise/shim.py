@@ -1,6 +1,6 @@
 """The per-container shim: creates the container, copies its output to CRI logs, records its exit.
 
-Forked from the fork server (double fork + setsid, so it outlives the daemon), it is
+Forked from the fork server (in a session of its own, so it outlives the daemon), it is
 the container init's subreaper. Files (``<shims>/<id>/``)::
 
     shim.json   {"shimPid", "shimStart", "pid", "pidStartTime", "runtime", "logPath"}
@@ -8,7 +8,7 @@ the container init's subreaper. Files (``<shims>/<id>/``)::
 
 Lifetime::
 
-    fork server ─fork─► setsid ─fork─► shim: subreaper · stdio pipes (or console socket)
+    fork server ─fork─► setsid ─► shim: subreaper · stdio pipes (or console socket)
       backend.create() ─► reply {"type": "created", pid} on the request's socket ─►
       copy loop (select: stdout, stderr, SIGCHLD wakeup) ─► init reaped ─► drain ─►
       exit record ─► _exit(0)
