@@ -360,7 +360,9 @@ async def test_security_context(stack: Any, test_images: Any) -> None:
         capabilities=pb.Capability(drop_capabilities=["ALL"], add_capabilities=["NET_BIND_SERVICE"]),
         masked_paths=["/proc/kcore"], readonly_paths=["/proc/sys"])
     cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="sec"), image=pb.ImageSpec(image=ref),
-                             command=["sleep", "1000"], linux=pb.LinuxContainerConfig(security_context=sc))
+                             command=["sleep", "1000"], linux=pb.LinuxContainerConfig(security_context=sc),
+                             devices=[pb.Device(container_path="/dev/mynull", host_path="/dev/null",
+                                                permissions="rwm")])
     cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
     await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
 
@@ -378,5 +380,6 @@ async def test_security_context(stack: Any, test_images: Any) -> None:
                      "grep -q sleep $p/cmdline 2>/dev/null && grep CapBnd $p/status; done")).stdout.decode()
     masks = {int(line.split()[1], 16) for line in bnd.splitlines()}
     assert masks == {1 << 10}  # NET_BIND_SERVICE only
+    assert (await run("echo x > /dev/mynull && ls -l /dev/mynull")).stdout.startswith(b"c")  # device passed
     assert (await run("touch /newfile")).exit_code != 0  # read-only rootfs
     assert (await run("cat /proc/kcore | head -c 1 | wc -c")).stdout.strip() == b"0"  # masked

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from app.errors import InvalidArgument
 from app.runtime.kernel.caps import CAP_NAMES, DEFAULT_CAPS
 from app.runtime.oci import spec as specgen
 
@@ -81,6 +83,30 @@ def apply_security(cfg: dict[str, Any], sc: Any) -> dict[str, Any]:
             linux["maskedPaths"] = list(sc.masked_paths)
         if sc.readonly_paths:
             linux["readonlyPaths"] = list(sc.readonly_paths)
+    return cfg
+
+
+def apply_devices(cfg: dict[str, Any], devices: Any) -> dict[str, Any]:
+    """CRI ``devices`` (host node → container path, cgroup permissions ``rwm``) as OCI devices."""
+    linux = cfg.setdefault("linux", {})
+    nodes = linux.setdefault("devices", [])
+    rules = linux.setdefault("resources", {}).setdefault("devices", [])
+    for d in devices:
+        try:
+            st = os.stat(d.host_path)
+        except OSError as exc:
+            raise InvalidArgument(f"device {d.host_path!r}: {exc.strerror}", details={"field": "devices"}) from exc
+        if stat.S_ISCHR(st.st_mode):
+            kind = "c"
+        elif stat.S_ISBLK(st.st_mode):
+            kind = "b"
+        else:
+            raise InvalidArgument(f"{d.host_path!r} is not a device node", details={"field": "devices"})
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        nodes.append({"path": d.container_path or d.host_path, "type": kind, "major": major, "minor": minor,
+                      "fileMode": stat.S_IMODE(st.st_mode), "uid": 0, "gid": 0})
+        rules.append({"allow": True, "type": kind, "major": major, "minor": minor,
+                      "access": d.permissions or "rwm"})
     return cfg
 
 

@@ -101,8 +101,10 @@ class ContainerRpcs:
             handler = pod.spec.runtime_handler or None
             ns_paths = {k: v for k, v in pod.namespace_paths().items() if k in bundle.JOINED}
             bundle_path = None
-            if ns_paths and os.geteuid() == 0:  # rootless keeps the service's own bundle (id maps)
+            if os.geteuid() == 0:  # rootless keeps the service's own bundle (id maps)
                 cfg_doc = bundle.pod_config(spec, image.config, rootfs, ns_paths)
+                bundle.apply_security(cfg_doc, cfg.linux.security_context)
+                bundle.apply_devices(cfg_doc, cfg.devices)
                 bundle_path = await asyncio.to_thread(bundle.write_bundle, bundle_dir, cfg_doc)
             await containers.create(CreateRequest(spec=spec, rootfs=rootfs, bundle=bundle_path,
                                                   image_config=image.config, image=image.id, runtime=handler,
