@@ -126,6 +126,7 @@ class BlobCache:
         self._memo: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._evict_wakeup = asyncio.Event()
+        self._persisting: set[asyncio.Task[None]] = set()
         self._db_lock = asyncio.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -165,6 +166,8 @@ class BlobCache:
         self.tags = {k: t for k, t in tags.items() if t.digest in blobs}
 
     async def close(self) -> None:
+        if self._persisting:  # manifests already answered must reach the disk
+            await asyncio.wait(self._persisting, timeout=10)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -326,8 +329,30 @@ class BlobCache:
     async def _store_manifest(
         self, registry: str, repo: str, digest: str, body: bytes, media: str, tag: TagEntry | None
     ) -> None:
+        """Index the manifest in memory at once (the answer goes out now) and persist it in the
+        background: file first (verified, fsynced), then its rows, so a crash in between leaves a
+        file that start-up adopts, never a row without a file."""
+        now = time.time()
+        e = self.blobs.get(digest)
+        if e is None:
+            e = BlobEntry(digest, len(body), media, "manifest", registry, now, now)
+            self.blobs[digest] = e
+        e.kind, e.media_type = "manifest", media
+        e.repos.add((registry, repo))
+        self._memo[digest] = body
+        self._memo.move_to_end(digest)
+        if len(self._memo) > MANIFEST_MEMO:
+            self._memo.popitem(last=False)
+        if tag is not None:
+            self.tags[(tag.upstream, tag.repository, tag.tag)] = tag
+        task = asyncio.get_running_loop().create_task(self._persist_manifest(e, body, tag))
+        self._persisting.add(task)
+        task.add_done_callback(self._persisting.discard)
+        self._after_growth()
+
+    async def _persist_manifest(self, e: BlobEntry, body: bytes, tag: TagEntry | None) -> None:
         def write() -> ContentInfo:
-            w = self.store.writer(f"manifest-{digest}-{time.monotonic_ns()}", digest, len(body))
+            w = self.store.writer(f"manifest-{e.digest}-{time.monotonic_ns()}", e.digest, len(body))
             try:
                 w.write(body)
             except BaseException:
@@ -335,20 +360,14 @@ class BlobCache:
                 raise
             return w.commit()
 
-        info = await asyncio.to_thread(write)
-        now = time.time()
-        e = self.blobs.get(digest)
-        if e is None:
-            e = BlobEntry(digest, info.size, media, "manifest", registry, now, now)
-            self.blobs[digest] = e
-        e.kind, e.media_type = "manifest", media
-        e.repos.add((registry, repo))
-        self._memo[digest] = body
-        await self._db(self.meta.put_blob, e)
-        if tag is not None:
-            self.tags[(tag.upstream, tag.repository, tag.tag)] = tag
-            await self._db(self.meta.put_tag, tag)
-        self._after_growth()
+        try:
+            if not self.store.exists(e.digest):
+                await asyncio.to_thread(write)
+            await self._db(self.meta.put_blob, e)
+            if tag is not None:
+                await self._db(self.meta.put_tag, tag)
+        except Exception:
+            log.exception("cache: persisting manifest %s failed", e.digest)
 
     # --- blobs -------------------------------------------------------------------------
     async def open_blob(self, registry: str, repo: str, digest: str, *, head: bool = False) -> BlobHandle:

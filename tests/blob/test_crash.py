@@ -31,12 +31,14 @@ async def test_kill_9_during_download_then_restart(tmp_path: Path) -> None:
         try:
             url = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(timeout=30) as client:
-                for _ in range(200):
+                for _ in range(600):  # the subprocess imports the app: slow on a loaded machine
                     try:
                         await client.get(f"{url}/v2/")
                         break
                     except httpx.TransportError:
                         await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("cache subprocess did not start")
                 assert (await client.get(f"{url}/v2/app/blobs/{small_d}")).content == small
                 pulling = asyncio.create_task(client.get(f"{url}/v2/app/blobs/{big_d}"))
                 await asyncio.wait_for(up.paused.wait(), 20)

@@ -179,7 +179,7 @@ async def test_prepull_and_fetcher(tmp_path: Path, registry: RegistryInfo, test_
         assert job["state"] == "done", job
         assert job["blobs_done"] == job["blobs_total"] >= 2 and job["bytes_done"] == job["bytes_total"]
         arm = idx.platforms["linux/arm64/v8"]
-        assert c.store.exists(arm)
+        await committed(c, arm)
         with pytest.raises(VappError):
             c.service.prepull("Not A Ref")
         # The runtime's in-process fetcher: resolve, then ensure blobs with progress.
