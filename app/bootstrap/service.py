@@ -38,6 +38,7 @@ from app.bootstrap.pki import LeafRequest, Pki, load_cert
 from app.bootstrap.plan import Policy
 from app.bootstrap.reconcile import Reconciler
 from app.bootstrap.store import BootstrapStore, intent_dict, parse_intent
+from app.bootstrap.variables import redact
 from app.errors import VappError
 from app.state.db import Database
 
@@ -119,7 +120,7 @@ class BootstrapService:
         if changed:
             self.events.emit({"event": "intent", "name": doc.name, "generation": row.generation})
             self._wake.set()
-        return {**intent_dict(row), "changed": changed}
+        return {**intent_dict(row), "values": redact(profile.variables, doc.values), "changed": changed}
 
     def delete_intent(self, name: str) -> None:
         self.store.delete_intent(name)
@@ -127,7 +128,14 @@ class BootstrapService:
         self._wake.set()
 
     def list_intents(self) -> list[dict[str, Any]]:
-        return [intent_dict(r) for r in self.store.intent_rows()]
+        """Every intent; values of variables the profile declares ``secret`` are masked."""
+        out = []
+        for row in self.store.intent_rows():
+            d = intent_dict(row)
+            with contextlib.suppress(VappError):
+                d["values"] = redact(self.catalog.get(row.profile)[0].variables, d["values"])
+            out.append(d)
+        return out
 
     # --- desired state ---------------------------------------------------------------
     def _fingerprints(self) -> dict[str, str]:

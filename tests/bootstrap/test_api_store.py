@@ -134,3 +134,17 @@ async def test_progress_events_reach_subscribers_in_order(svc_factory) -> None: 
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs)
     svc.events.unsubscribe(q)
+
+
+async def test_secret_values_are_masked(svc_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    prof = tmp_path / "profiles" / "sec"
+    prof.mkdir(parents=True)
+    (prof / "profile.yaml").write_text(yaml.safe_dump({
+        "name": "sec", "variables": {"password": {"type": "string", "secret": True}, "user": {"type": "string"}},
+        "components": [{"name": "a", "image": "busybox", "command": ["/bin/busybox", "sleep", "1"],
+                        "env": {"PASSWORD": "{{ password }}", "USER": "{{ user }}"}}]}))
+    svc = svc_factory(profile_dirs=(tmp_path / "profiles",))
+    out = svc.put_intent({"name": "s", "profile": "sec", "values": {"password": "hunter2", "user": "bob"}})
+    assert out["values"] == {"password": "***", "user": "bob"}
+    assert svc.list_intents()[0]["values"] == {"password": "***", "user": "bob"}
+    assert "hunter2" not in str(await svc.plan())
