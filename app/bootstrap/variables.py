@@ -70,7 +70,19 @@ def _str(name: str, value: Any) -> str:
 
 
 def coerce(name: str, decl: VariableDecl, value: Any) -> Any:
-    """Check one value against its declaration and return it in its typed form."""
+    """Check one value against its declaration and return it in its typed form.
+
+    Errors quote the bad value, except for ``secret`` variables."""
+    try:
+        return _coerce(name, decl, value)
+    except InvalidArgument as exc:
+        if not decl.secret:
+            raise
+        raise InvalidArgument(exc.message.replace(repr(value), "'***'"), phase="variables",
+                              details={"variable": name}) from None
+
+
+def _coerce(name: str, decl: VariableDecl, value: Any) -> Any:
     t = decl.type
     out: Any
     if t in ("int", "port"):
