@@ -152,3 +152,22 @@ def test_rootless_unpack_and_overlay(unpriv_user, test_images, registry, name: s
             cwd="/",
         )
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_snapshotter_contract(tmp_path: Path) -> None:
+    """Ids are confined, unknown removals are no-ops, missing layers are a clear NotFound."""
+    from app.errors import InvalidArgument, NotFound
+    from app.runtime.snapshots.layers import LayerSnapshots
+
+    layers = LayerSnapshots(tmp_path)
+    for snap in (OverlaySnapshotter(layers, tmp_path), CopySnapshotter(layers, tmp_path)):
+        for bad in ("", "..", "a/b", "x" * 300):
+            with pytest.raises(InvalidArgument):
+                snap.prepare(bad, [])
+        snap.remove("never-prepared")
+        with pytest.raises(NotFound):
+            snap.prepare("c", ["sha256:" + "1" * 64])
+        assert snap.prepare("empty", []), "an image without layers still gets a rootfs"
+        snap.remove("empty")
+        snap.remove("c")
+        assert not (tmp_path / "containers" / "empty").exists()

@@ -16,6 +16,7 @@ import stat
 import uuid
 from pathlib import Path
 
+from app.errors import Category, NotFound
 from app.runtime.images.safefs import RootDir, remove_tree
 from app.runtime.snapshots import Mount
 from app.runtime.snapshots.layers import LayerSnapshots
@@ -175,6 +176,9 @@ class CopySnapshotter:
 
     def prepare(self, container_id: str, chain: list[str]) -> list[Mount]:
         rootfs = self.rootfs_dir(container_id)
+        for chain_id in chain:
+            if not self.layers.has(chain_id):
+                raise NotFound(f"layer snapshot {chain_id} missing", category=Category.IMAGE)
         if not rootfs.exists():
             tmp = rootfs.parent / f".tmp-rootfs-{uuid.uuid4().hex[:8]}"
             tmp.mkdir(parents=True)
