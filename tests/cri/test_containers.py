@@ -383,3 +383,27 @@ async def test_security_context(stack: Any, test_images: Any) -> None:
     assert (await run("echo x > /dev/mynull && ls -l /dev/mynull")).stdout.startswith(b"c")  # device passed
     assert (await run("touch /newfile")).exit_code != 0  # read-only rootfs
     assert (await run("cat /proc/kcore | head -c 1 | wc -c")).stdout.strip() == b"0"  # masked
+
+
+async def test_attach_follows_output(stack: Any, test_images: Any) -> None:
+    rt, im, _node, tmp = stack
+    ref = test_images.busybox.ref
+    await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))
+    config = pod_config("att", log_directory=str(tmp / "attlogs"))
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config))).pod_sandbox_id
+    cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="talker"), image=pb.ImageSpec(image=ref),
+                             command=["sh", "-c", "sleep 1.5; echo line1; echo err1 >&2; sleep 0.3; echo line2"],
+                             log_path="talker.log")
+    cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
+    await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    url = (await rt.Attach(pb.AttachRequest(container_id=cid, stdout=True, stderr=True))).url
+    got: dict[int, bytes] = {}
+    async with ws_connect("ws://" + url.removeprefix("http://"), subprotocols=["v4.channel.k8s.io"]) as ws:
+        async for msg in ws:
+            assert isinstance(msg, bytes)
+            got[msg[0]] = got.get(msg[0], b"") + msg[1:]
+    assert got[1] == b"line1\nline2\n" and got[2] == b"err1\n"
+    assert json.loads(got[3])["status"] == "Success"
+    # the container has exited now: attach needs a running container
+    assert await code_of(rt.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True))) \
+        == grpc.StatusCode.FAILED_PRECONDITION

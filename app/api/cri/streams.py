@@ -28,7 +28,9 @@ class ContainerCommands:
         if containers is None:
             raise Unavailable("the container service is not running on this node")
         if request.kind == "attach":
-            raise Unavailable("attach to a container's main process is not supported by this node yet")
+            from app.api.cri.attach import follow_log
+
+            return await follow_log(containers, request.container_id, io, stdin=request.stdin)
         session = await containers.exec_stream(request.container_id, list(request.cmd), tty=request.tty,
                                                stdin=request.stdin)
         loop = asyncio.get_running_loop()
