@@ -171,3 +171,18 @@ def test_snapshotter_contract(tmp_path: Path) -> None:
         snap.remove("empty")
         snap.remove("c")
         assert not (tmp_path / "containers" / "empty").exists()
+
+
+def test_build_snapshotter_choice(tmp_path: Path) -> None:
+    from app.runtime.snapshots.layers import LayerSnapshots
+    from app.runtime.snapshots.select import build_snapshotter
+
+    layers = LayerSnapshots(tmp_path)
+    snap, why = build_snapshotter("auto", layers, tmp_path, rootless=False)
+    assert snap.name == "overlay" and why == "native overlayfs"
+    snap, why = build_snapshotter("auto", layers, tmp_path, rootless=True)
+    assert snap.name == "copy" and "user namespace" in why
+    snap, _ = build_snapshotter("auto", layers, tmp_path, rootless=True, mounts_in_userns=True)
+    assert snap.name == "overlay" and isinstance(snap, OverlaySnapshotter) and snap.userxattr
+    for choice in ("overlay", "fuse-overlayfs", "copy"):
+        assert build_snapshotter(choice, layers, tmp_path)[0].name == choice

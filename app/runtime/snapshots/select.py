@@ -25,12 +25,22 @@ def build_snapshotter(
     remover: Callable[[Path], None] = remove_tree,
     merger: Callable[[list[Path], Path], None] | None = None,
     rootless: bool | None = None,
+    mounts_in_userns: bool = False,
 ) -> tuple[Snapshotter, str]:
-    """``(snapshotter, reason)``; ``auto`` probes (see :func:`probe_snapshotter`)."""
+    """``(snapshotter, reason)``; ``auto`` probes (see :func:`probe_snapshotter`).
+
+    Rootless, overlay and fuse-overlayfs only work when whoever applies the mounts
+    does so inside a user namespace that maps the layers' owners
+    (``mounts_in_userns``). The node's container paths mount root filesystems in
+    the daemon's own namespace today, so a rootless ``auto`` falls back to copy.
+    """
     rootless = os.geteuid() != 0 if rootless is None else rootless
     reason = "configured"
     if choice == "auto":
         choice, reason = probe_snapshotter(root, rootless=rootless)
+        if rootless and not mounts_in_userns and choice != "copy":
+            reason = f"{choice} works only inside a user namespace; container root filesystems are mounted outside one"
+            choice = "copy"
     log.info("snapshotter: %s (%s)", choice, reason)
     if choice == "copy":
         return CopySnapshotter(layers, root, merger=merger, remover=remover), reason
