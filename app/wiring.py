@@ -112,6 +112,13 @@ async def build_node(settings: Settings) -> Node:
     node.network = build_network_manager(settings, db)
     await node.network.reconcile()  # attachments whose namespace died while we were down
     node.routers.append(network_router)
+    from app.runtime import forkserver
+    from app.services.containers import ContainerService
+
+    node.containers = ContainerService(db, forkserver.shared(), state_dir=settings.state_dir,
+                                       run_dir=settings.run_dir, settings=settings.runtime, network=node.network)
+    await node.containers.restore()  # re-adopt running containers, pick up exits from while we were down
+    node.closers.append(node.containers.close)  # shims (and containers) keep running
     # --- slot: apps (vappc) --------------------------------------------------------
     from app.api.http.routes_apps import router as apps_router
     from app.services.app_engines import build_app_service

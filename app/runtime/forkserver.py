@@ -153,5 +153,21 @@ def start_forkserver(python: str | None = None) -> ForkServer:
     return ForkServer(ours, proc.pid, proc)
 
 
+_early: ForkServer | None = None
+
+
+def start_early() -> ForkServer:
+    """Called first thing by ``vapp-core daemon`` (before threads); :func:`shared` hands it out."""
+    global _early
+    if _early is None:
+        _early = start_forkserver()
+    return _early
+
+
+def shared() -> ForkServer:
+    """The daemon's fork server: the early one, or one started now (safe: fork+exec)."""
+    return start_early()
+
+
 if __name__ == "__main__":
     _main()
