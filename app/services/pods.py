@@ -134,7 +134,8 @@ class PodService:
                 self._write_files(pod, files)  # hosts now knows the pod IP
             self._save(pod, new=True)
         except BaseException:
-            await self._teardown(pod, remove_files=True)
+            # Undo what exists; the caller gets the original error, not a teardown one.
+            await self._teardown(pod, remove_files=True, best_effort=True)
             raise
         return pod
 
@@ -221,15 +222,22 @@ class PodService:
         caps: dict[str, object] = {"portMappings": ports} if ports else {}
         return Attachment(pod.id, pod.netns_path, "eth0", args, caps)
 
-    async def _teardown(self, pod: Pod, *, remove_files: bool) -> None:
-        """Undo whatever exists of a pod's runtime side; safe to repeat."""
+    async def _teardown(self, pod: Pod, *, remove_files: bool, best_effort: bool = False) -> None:
+        """Undo whatever exists of a pod's runtime side; safe to repeat.
+
+        A failed CNI DEL stops here (the pod stays as it is, so a retry redoes all of it),
+        unless ``best_effort`` (rolling back a failed start): then everything else still goes.
+        """
         alive = pod_process.alive(pod.holder_pid, pod.holder_start)
         if pod.network == "cni" and self.cni is not None:
             try:
                 await self.cni.delete(pod.id, "eth0", netns=pod.netns_path if alive else "")
             except VappError as exc:
-                raise Unavailable(f"pod {pod.id[:12]}: CNI DEL failed: {exc.message}",
-                                  category=Category.NETWORK) from exc
+                if not best_effort:
+                    raise Unavailable(f"pod {pod.id[:12]}: CNI DEL failed: {exc.message}",
+                                      category=Category.NETWORK) from exc
+                log.warning("pod %s: CNI DEL during rollback failed: %s", pod.id[:12], exc.message)
+                self.cni.forget(pod.id, "eth0")
         if alive:
             await pod_process.kill(pod.holder_pid, pod.holder_start)
         pod.holder_pid = pod.holder_start = 0

@@ -168,3 +168,39 @@ async def test_rootless_style_holder_has_userns_and_loopback(tmp_path: Path, db:
     finally:
         await svc.remove(pod.id)
     assert not pod_process.alive(*holder)
+
+
+async def test_failed_cni_add_leaves_nothing(tmp_path: Path, db: Database) -> None:
+    import json
+
+    from app.errors import Unavailable
+    from app.runtime.network.cni import CniClient
+
+    conf = tmp_path / "badconf"
+    conf.mkdir()
+    (conf / "10-bad.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": "bad", "plugins": [
+        {"type": "bridge", "bridge": f"vtx{unique_suffix()}"[:15],
+         "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                  "ranges": [[{"subnet": "not-a-subnet"}]]}}]}))
+    svc = PodService(db, tmp_path / "state", Path(f"/tmp/vt-run-{unique_suffix()}"),
+                     CniClient(conf, [Path("/usr/lib/cni")], tmp_path / "cache"))
+    before = _holders()
+    with pytest.raises(Unavailable, match="CNI bridge ADD failed"):
+        await svc.run(spec("broken"))
+    assert svc.list() == []
+    assert _holders() - before == set()
+    assert not any((tmp_path / "state" / "pods").iterdir())
+    assert not list((tmp_path / "cache").rglob("*.json"))
+    await svc.run(spec("broken", network=NsMode.NODE))  # the name is free again; host network works
+
+
+def _holders() -> set[int]:
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if b"pod_holder.py" in (d / "cmdline").read_bytes() and pod_process.start_time(int(d.name)):
+                    out.add(int(d.name))
+            except OSError:
+                continue
+    return out

@@ -224,6 +224,13 @@ class CniClient:
         with contextlib.suppress(FileNotFoundError):
             self._cache_path(net.name, container_id, ifname).unlink()
 
+    def forget(self, container_id: str, ifname: str = "eth0") -> None:
+        """Drop the cache entry without running DEL (after a rollback whose DEL failed too)."""
+        cache = self._read_cache(container_id, ifname)
+        if cache is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._cache_path(cache["networkName"], container_id, ifname).unlink()
+
     def cached_result(self, container_id: str, ifname: str = "eth0") -> dict[str, Any] | None:
         cache = self._read_cache(container_id, ifname)
         return None if cache is None else cache.get("result")
