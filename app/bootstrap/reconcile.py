@@ -128,13 +128,24 @@ class Reconciler:
 
     async def converge(self, desired: Sequence[DesiredComponent], *, timeout: float = 300.0,
                        skip_intents: Collection[str] = ()) -> list[Action]:
-        """Passes until nothing mutating is left (probes aside) or ``timeout``; returns the last plan."""
+        """Passes until nothing is left to do or ``timeout``; returns the last plan.
+
+        A component in backoff is waited for (the pass after its window retries it), so
+        ``apply`` either converges or reports the crash loop when its time is up.
+        """
         deadline = time.monotonic() + timeout
         while True:
             actions = await self.run_pass(desired, skip_intents)
+            left = deadline - time.monotonic()
             work = [a for a in actions if a.mutating and a.kind != "probe"]
-            if not work or time.monotonic() >= deadline:
+            if left <= 0:
                 return actions
+            if work:
+                continue
+            waits = [a.until for a in actions if a.kind == "wait_backoff"]
+            if not waits:
+                return actions
+            await asyncio.sleep(min(max(min(waits) - self.clock(), 0.01), left))
 
     # --- actions ---------------------------------------------------------------------
     def _put(self, rec: Record) -> None:

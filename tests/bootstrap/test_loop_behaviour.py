@@ -151,3 +151,13 @@ async def test_broken_intent_leaves_running_components_alone(svc) -> None:  # ty
     assert comps(status)["toy.web"]["id"] == pid and comps(status)["toy.web"]["state"] == "running"
     plan = await svc.plan()
     assert plan["actions"] == [] and "toy" in plan["intent_errors"]
+
+
+async def test_apply_waits_out_backoff_until_its_timeout(svc) -> None:  # type: ignore[no-untyped-def]
+    svc.put_intent({"name": "bad", "profile": "toy", "values": {"port": free_port(), "mode": "crash"}})
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    status = await svc.apply(timeout=2.0)
+    took = loop.time() - t
+    c = comps(status)["bad.web"]
+    assert 2.0 <= took < 6.0 and c["restarts"] >= 3 and c["phase"] in ("backoff", "crashloop"), (took, c)
