@@ -195,26 +195,41 @@ class Flight:
         self._ready.set()
 
     async def _receive(self, resp: UpstreamResponse, writer: Writer) -> bool:
-        """Copy the body into the ingest; True when the whole blob is there, False to resume."""
+        """Copy the body into the ingest; True when the whole blob is there, False to resume.
+
+        Hashing and writing a chunk run in a worker thread (both release the GIL) while the
+        loop receives the next one: one write in flight at a time keeps the file in order.
+        """
         start, got = time.monotonic(), 0
         counter = metrics.BYTES_PULLED.labels(upstream=self.upstream.registry)
-        try:
-            async for chunk in resp.response.aiter_raw():
-                writer.write(chunk)
-                got += len(chunk)
-                counter.inc(len(chunk))
+        pending: asyncio.Future[None] | None = None
+
+        async def settle() -> None:
+            nonlocal pending
+            if pending is not None:
+                fut, pending = pending, None
+                await fut
                 self.written = writer.offset
                 self._notify()
+
+        try:
+            async for chunk in resp.response.aiter_raw():
+                await settle()
+                pending = asyncio.ensure_future(asyncio.to_thread(writer.write, chunk))
+                got += len(chunk)
+                counter.inc(len(chunk))
+            await settle()
         except httpx.HTTPError as exc:
+            await settle()
             resp.endpoint.stats.record_failure(f"body: {type(exc).__name__}")
-            log.info(
-                "blob %s: upstream %s broke at %d bytes (%s); resuming",
-                self.digest,
-                resp.endpoint.url,
-                writer.offset,
-                type(exc).__name__,
-            )
+            log.info("blob %s: upstream %s broke at %d bytes (%s); resuming", self.digest, resp.endpoint.url,
+                     writer.offset, type(exc).__name__)  # fmt: skip
             return False
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(pending)
+            raise
         resp.endpoint.stats.record_throughput(got, time.monotonic() - start)
         # A clean EOF short of the size means the connection was cut: resume.
         return self.size is None or writer.offset >= self.size
