@@ -43,6 +43,7 @@ from app.state.models.pods import PodSandboxRow
 
 log = logging.getLogger(__name__)
 ContainerHook = Callable[[str], Awaitable[None]]
+LIVENESS_TTL = 1.0
 
 
 class PodService:
@@ -56,6 +57,7 @@ class PodService:
         self._pods: dict[str, Pod] = {}
         self._names: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._checked: dict[str, float] = {}  # pod id → when its holder was last seen alive
         # Set by wiring once the container service exists: stop/remove a pod's containers.
         self.stop_containers: ContainerHook | None = None
         self.remove_containers: ContainerHook | None = None
@@ -167,6 +169,7 @@ class PodService:
             self._pods.pop(pod.id, None)
             self._names.pop(pod.spec.name_key, None)
             self._locks.pop(pod.id, None)
+            self._checked.pop(pod.id, None)
 
     async def dial(self, pod_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to localhost:port inside the pod (port-forward)."""
@@ -208,7 +211,14 @@ class PodService:
         return self.sock_root / f"{pod_id[:20]}.sock"
 
     def _check_holder(self, pod: Pod) -> None:
-        """A READY pod whose holder died is NOTREADY (its namespaces are gone)."""
+        """A READY pod whose holder died is NOTREADY (its namespaces are gone).
+
+        Checked at most once per ``LIVENESS_TTL`` per pod: kubelet lists every second and
+        reading /proc for hundreds of pods each time would dominate the answer."""
+        now = time.monotonic()
+        if now - self._checked.get(pod.id, 0.0) < LIVENESS_TTL:
+            return
+        self._checked[pod.id] = now
         if pod.state is PodState.READY and not pod_process.alive(pod.holder_pid, pod.holder_start):
             pod.state = PodState.NOTREADY
             self._save(pod)

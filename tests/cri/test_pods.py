@@ -204,3 +204,15 @@ def _holders() -> set[int]:
             except OSError:
                 continue
     return out
+
+
+async def test_dead_holder_makes_the_pod_notready(pods: PodService) -> None:
+    pod = await pods.run(spec("fragile"))
+    os.kill(pod.holder_pid, 9)
+    for _ in range(60):  # the liveness check is cached for up to LIVENESS_TTL
+        if pods.get(pod.id).state is PodState.NOTREADY:
+            break
+        await asyncio.sleep(0.05)
+    assert pods.get(pod.id).state is PodState.NOTREADY
+    await pods.stop(pod.id)  # still stops cleanly (CNI DEL with the namespace gone)
+    await pods.remove(pod.id)
