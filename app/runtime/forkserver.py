@@ -55,9 +55,15 @@ def _reap(*_: Any) -> None:
 
 def serve(fd: int) -> None:
     """The fork server loop; returns when the daemon closes its end."""
+    import gc
+
     from app.runtime.backends import native  # noqa: F401  pre-import: children start warm
     from app.runtime.supervise import execproc, shim
 
+    # Freeze what is loaded now: the collector never touches (and so never copies) these
+    # pages in the children, which keeps each shim's private memory small.
+    gc.collect()
+    gc.freeze()
     sock = socket.socket(fileno=fd)
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to the daemon's group is not for us

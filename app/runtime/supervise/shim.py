@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import gc
 import json
 import os
 import select
@@ -73,6 +74,7 @@ def run_shim(req: dict[str, Any], reply: socket.socket) -> NoReturn:
 def _run(req: dict[str, Any], reply: socket.socket) -> int:
     from app.runtime.backends.native import shim_create  # pre-imported by the fork server
 
+    gc.disable()  # a long-lived, allocation-light process: no collections, no copied pages
     kernel = LinuxKernel()
     kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
     directory = shim_dir(req["shims_root"], req["id"])
