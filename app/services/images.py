@@ -151,6 +151,9 @@ class ImageService:
     def restore(self) -> None:
         """Drop interrupted extractions and pin every stored image's blobs again."""
         self.layers.cleanup()
+        cleanup = getattr(self.snapshotter, "cleanup", None)
+        if cleanup is not None:
+            cleanup()
         for rec in self.list_images():
             self._pin(rec, True)
 

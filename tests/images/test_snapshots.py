@@ -186,3 +186,13 @@ def test_build_snapshotter_choice(tmp_path: Path) -> None:
     assert snap.name == "overlay" and isinstance(snap, OverlaySnapshotter) and snap.userxattr
     for choice in ("overlay", "fuse-overlayfs", "copy"):
         assert build_snapshotter(choice, layers, tmp_path)[0].name == choice
+
+
+def test_copy_cleanup_of_interrupted_prepare(tmp_path: Path) -> None:
+    from app.runtime.snapshots.layers import LayerSnapshots
+
+    snap = CopySnapshotter(LayerSnapshots(tmp_path), tmp_path)
+    half = tmp_path / "containers/c1/.tmp-rootfs-abcd/etc"
+    half.mkdir(parents=True)
+    assert snap.cleanup() == 1
+    assert not half.parent.exists()

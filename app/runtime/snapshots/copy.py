@@ -190,6 +190,14 @@ class CopySnapshotter:
                 raise
         return [Mount(type="bind", source=str(rootfs), options=("rbind", "rw"))]
 
+    def cleanup(self) -> int:
+        """Remove half-built copies an interrupted ``prepare`` left (start-up)."""
+        n = 0
+        for tmp in self.root.glob("*/.tmp-rootfs-*"):
+            self._remove(tmp)
+            n += 1
+        return n
+
     def remove(self, container_id: str) -> None:
         base = self.root / check_container_id(container_id)
         if base.exists():
