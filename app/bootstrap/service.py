@@ -22,7 +22,7 @@ import datetime as dt
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,6 +264,33 @@ class BootstrapService:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def apply_intent(self, data: Any, on_event: Callable[[dict[str, Any]], None] | None = None,
+                           *, timeout: float = 300.0) -> dict[str, Any]:
+        """Store one intent and converge it, forwarding its progress events (a vappc
+        ``ApplyIntent`` backend): returns the intent and the status of its components."""
+        name = data.get("name") if isinstance(data, dict) else None
+        q = self.events.subscribe()
+        try:
+            stored = self.put_intent(data)
+            task = asyncio.create_task(self.apply(timeout=timeout))
+            while True:
+                getter = asyncio.ensure_future(q.get())
+                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    event = getter.result()
+                    mine = event.get("name") == name or str(event.get("component", "")).startswith(f"{name}.")
+                    if on_event is not None and (mine or event["event"].startswith(("pki_", "cert_"))):
+                        on_event(event)
+                else:
+                    getter.cancel()
+                if task.done() and q.empty():
+                    break
+            status = task.result()
+        finally:
+            self.events.unsubscribe(q)
+        comps = [c for c in status["components"] if c["intent"] == name]
+        return {"intent": stored, "components": comps, "error": status["intent_errors"].get(name)}
 
     # --- status and certificates -----------------------------------------------------
     async def status(self) -> dict[str, Any]:

@@ -148,3 +148,14 @@ async def test_secret_values_are_masked(svc_factory, tmp_path: Path) -> None:  #
     assert out["values"] == {"password": "***", "user": "bob"}
     assert svc.list_intents()[0]["values"] == {"password": "***", "user": "bob"}
     assert "hunter2" not in str(await svc.plan())
+
+
+async def test_apply_intent_streams_its_progress(svc_factory) -> None:  # type: ignore[no-untyped-def]
+    svc = svc_factory()
+    seen: list[dict] = []
+    out = await svc.apply_intent(etcd_intent(), seen.append, timeout=60)
+    assert out["error"] is None and out["intent"]["name"] == "etcd"
+    assert [c["phase"] for c in out["components"]] == ["running"]
+    kinds = [e["event"] for e in seen]
+    assert kinds[0] == "intent" and "pki_created" in kinds and kinds[-1] == "started"
+    assert all(e.get("component", "etcd.").startswith("etcd.") for e in seen)
