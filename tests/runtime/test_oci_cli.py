@@ -193,3 +193,36 @@ def test_spec_command(tmp_path: Path) -> None:
         types = {ns["type"] for ns in cfg["linux"]["namespaces"]}
         assert ("user" in types) is rootless and ("network" in types) is not rootless
         assert cfg["process"]["args"] == ["sh"] and cfg["root"]["path"] == "rootfs"
+
+
+def test_config_fields_honoured(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    script = ("grep NoNewPrivs /proc/self/status; cat /proc/self/oom_score_adj; ulimit -n; id -G; umask;"
+              " cat /proc/sys/net/ipv4/ip_forward; hostname; cat /proc/sys/kernel/domainname;"
+              " test -c /dev/fuse && echo fuse;"
+              " cat /proc/kcore 2>&1 | head -c 0; test -s /proc/kcore || echo masked;"
+              " touch /proc/sys/x 2>/dev/null || echo ro-sys; grep CapBnd /proc/self/status")
+    bundle = make_bundle(rootfs, tmp_path, ["sh", "-c", script])
+
+    def change(c: dict[str, Any]) -> None:
+        c["process"].update(noNewPrivileges=True, oomScoreAdj=100,
+                            rlimits=[{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 512}],
+                            user={"uid": 0, "gid": 0, "additionalGids": [10, 20], "umask": 0o27})
+        c["process"]["capabilities"] = {k: ["CAP_KILL", "CAP_CHOWN"] for k in ("bounding", "effective",
+                                                                              "permitted")}
+        c["hostname"], c["domainname"] = "h1", "d1"
+        c["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+        c["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                                  "fileMode": 0o666, "uid": 0, "gid": 0}]
+        c["linux"]["rootfsPropagation"] = "private"
+
+    edit(bundle, change)
+    result = cli("run", "--bundle", str(bundle), f"f-{uuid.uuid4().hex[:6]}", check=False, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0].split() == ["NoNewPrivs:", "1"]
+    assert lines[1:4] == ["100", "512", "0 10 20"]
+    assert lines[4] in ("0027", "027")
+    domain = "(none)" if cli.binary == RUNTIMES["runc"] else "d1"  # runc 1.1 predates "domainname"
+    assert lines[5:9] == ["1", "h1", domain, "fuse"]
+    assert "masked" in lines and "ro-sys" in lines
+    assert lines[-2] == "CapBnd:\t0000000000000021"

@@ -172,11 +172,11 @@ def init(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: soc
             state = _expect(sync, "ok")["state"]
             hooks.run_hooks((cfg.get("hooks") or {}).get("createContainer"), state, "createContainer")
         rootfs.pivot(kernel, ctx.rootfs)
+        process.apply_sysctl(kernel, linux.get("sysctl") or {})  # before /proc/sys turns read-only
         rootfs.finish(kernel, linux, bool(cfg["root"].get("readonly")), ctx.in_userns)
         proc = cfg["process"]
         if proc.get("terminal"):
             _setup_console(console)
-        process.apply_sysctl(kernel, linux.get("sysctl") or {})
         if cfg.get("hostname"):
             kernel.sethostname(cfg["hostname"])
         if cfg.get("domainname"):
