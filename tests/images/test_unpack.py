@@ -243,3 +243,14 @@ def test_full_disk_is_resource_exhausted() -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.stdout.startswith("ResourceExhausted"), proc.stdout + proc.stderr
+
+
+def test_forged_overlay_xattrs_dropped(tmp_path: Path) -> None:
+    res = apply(
+        [d("dir", xattrs={"trusted.overlay.redirect": "/etc", "user.keep": "1"}),
+         f("dir/f", xattrs={"trusted.overlay.metacopy": "", "user.overlay.opaque": "y"})],
+        tmp_path / "r",
+    )  # fmt: skip
+    assert os.listxattr(tmp_path / "r/dir") == ["user.keep"]
+    assert os.listxattr(tmp_path / "r/dir/f") == []
+    assert any("overlay xattr" in w for w in res.warnings)

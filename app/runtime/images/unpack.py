@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 WH_PREFIX = ".wh."
 WH_OPAQUE = ".wh..wh..opq"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
 _XATTR_SOFT_ERRORS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES)
 
 Parts = tuple[str, ...]
@@ -351,6 +352,12 @@ class _Extractor:
 
     def _set_xattrs(self, fd: int, m: tarfile.TarInfo) -> None:
         for key, value in _xattrs(m).items():
+            if key.startswith(_OVERLAY_XATTRS):
+                # overlayfs's own metadata (opaque, redirect, metacopy, origin) must come
+                # from whiteouts we translate, never from a layer: a forged redirect or
+                # metacopy would make overlay serve other paths' content.
+                self.warn("xattr-overlay", f"overlay xattr {key} in layer dropped, first on {m.name!r}")
+                continue
             try:
                 os.setxattr(fd, key, value)
             except OSError as exc:
