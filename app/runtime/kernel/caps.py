@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 from app.runtime.kernel import (
@@ -64,10 +63,8 @@ def apply_sets(kernel: Kernel, effective: int, permitted: int, inheritable: int,
     """Set the process's sets; ambient ones need to be permitted and inheritable first."""
     kernel.capset(effective, permitted, inheritable)
     kernel.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    # Ambient capabilities must be permitted and inheritable; others are skipped (as runc does).
+    raisable = ambient & permitted & inheritable
     for number in range(cap_last_cap() + 1):
-        if ambient & (1 << number):
-            try:
-                kernel.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, number)
-            except PermissionError:
-                # not in permitted+inheritable: runc treats this as non-fatal too
-                os.write(2, f"vapp-oci: warning: ambient capability {CAP_NAMES[number]} not raised\n".encode())
+        if raisable & (1 << number):
+            kernel.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, number)

@@ -114,9 +114,7 @@ def _mount_fs(kernel: Kernel, ctx: RootfsContext, mtype: str, source: str, targe
         data = ",".join(o for o in data.split(",") if not o.startswith("gid=")) or None
     if mtype == "cgroup":
         try:
-            kernel.mount("cgroup2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else source,
-                         target, "cgroup2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-                         else "tmpfs", opts.flags, None)
+            _mount_cgroups(kernel, ctx, target, opts.flags)
         except OSError:
             _bind_host(kernel, "/sys/fs/cgroup", target, opts.flags | k.MS_RDONLY)
         return
@@ -127,6 +125,36 @@ def _mount_fs(kernel: Kernel, ctx: RootfsContext, mtype: str, source: str, targe
             _bind_host(kernel, "/sys" if mtype == "sysfs" else "/dev/mqueue", target, opts.flags)
             return
         raise MountError(exc.errno, f"mount {mtype} on {target}: {os.strerror(exc.errno or 0)}") from exc
+
+
+def _v1_hierarchies() -> list[tuple[str, str]]:
+    """(mountpoint basename, super options) of the host's cgroup v1 hierarchies."""
+    out = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] == "cgroup":
+                opts = [o for o in fields[sep + 3].split(",") if o not in ("rw", "ro")]
+                out.append((os.path.basename(fields[4]), ",".join(opts)))
+    return out
+
+
+def _mount_cgroups(kernel: Kernel, ctx: RootfsContext, target: str, flags: int) -> None:
+    """``type: cgroup``: cgroup2 on a v2 host; on v1, a tmpfs with one cgroup mount per hierarchy
+    (as runc does; in the container's cgroup namespace each shows its own cgroup as root)."""
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        kernel.mount("cgroup2", target, "cgroup2", flags, None)
+        return
+    if ctx.in_userns:  # v1 hierarchies cannot be mounted from a user namespace
+        raise MountError(errno.EPERM, "cgroup v1 in a user namespace")
+    kernel.mount("tmpfs", target, "tmpfs", flags & ~k.MS_RDONLY, "mode=755")
+    for name, options in _v1_hierarchies():
+        sub = os.path.join(target, name)
+        os.makedirs(sub, exist_ok=True)
+        kernel.mount("cgroup", sub, "cgroup", flags, options)
+    if flags & k.MS_RDONLY:
+        kernel.mount("tmpfs", target, None, k.MS_REMOUNT | flags, "mode=755")
 
 
 def _bind_host(kernel: Kernel, host: str, target: str, flags: int) -> None:
