@@ -211,3 +211,44 @@ async def test_the_app_also_serves_under_uvicorn(tmp_path: Path, registry: Regis
         r = await client.get(f"http://127.0.0.1:{port}/v2/{img.repository}/blobs/{img.layers[0]}",
                              headers={"Range": "bytes=10-19"})  # fmt: skip
         assert r.status_code == 206 and len(r.content) == 10
+
+
+async def test_tls_listener_and_repeated_accept_headers(
+    tmp_path: Path, registry: RegistryInfo, test_images: Any
+) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from app.api.registry import create_registry_app
+    from app.api.registry.server import RegistryServer
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    img = test_images.busybox
+    async with running_cache(tmp_path / "c", _settings(registry)) as c:
+        server = RegistryServer("tls", create_registry_app(c.service), "127.0.0.1:0",
+                                tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem")  # fmt: skip
+        [addr] = await server.start()
+        try:
+            assert addr.startswith("https://")
+            async with httpx.AsyncClient(verify=False) as client:
+                r = await client.get(f"{addr}/v2/{img.repository}/manifests/latest",
+                                     headers=[("Accept", mt.OCI_INDEX), ("Accept", img.media_type)])  # fmt: skip
+                assert r.status_code == 200 and r.headers["docker-content-digest"] == img.manifest_digest
+                r = await client.get(f"{addr}/v2/{img.repository}/blobs/{img.layers[0]}")
+                assert r.status_code == 200 and "sha256:" + hashlib.sha256(r.content).hexdigest() == img.layers[0]
+        finally:
+            await server.stop(1)

@@ -82,7 +82,11 @@ class RegistryApp:
         if scope["type"] != "http":
             return
         method = scope["method"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers: dict[str, str] = {}
+        for k, v in scope.get("headers", []):
+            key = k.decode("latin-1").lower()
+            # Repeated headers (clients send one Accept per media type) combine with commas.
+            headers[key] = f"{headers[key]}, {v.decode('latin-1')}" if key in headers else v.decode("latin-1")
         if self.htpasswd is not None and not self.htpasswd.check(headers.get("authorization")):
             body = encode("UNAUTHORIZED", "authentication required")
             await _respond(send, 401, [("content-type", "application/json"), ("content-length", str(len(body))),
