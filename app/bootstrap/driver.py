@@ -187,3 +187,41 @@ class HostProcessDriver:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "proc.json").exists())
+
+
+class RoutingDriver:
+    """Containers for most components, host processes for those with ``runs_on: host``.
+
+    Which driver owns a key is what is on disk: the host driver's record wins, so a
+    component moved between the two is found, stopped and recreated by the other.
+    """
+
+    def __init__(self, container: ComponentDriver, host: HostProcessDriver) -> None:
+        self.container = container
+        self.host = host
+
+    def _owner(self, key: str) -> ComponentDriver:
+        return self.host if (self.host.root / key / "proc.json").exists() else self.container
+
+    async def ensure_running(self, component: DesiredComponent) -> RuntimeStatus:
+        want: ComponentDriver = self.host if component.runs_on == "host" else self.container
+        other = self.container if want is self.host else self.host
+        if (await other.status(component.key)).state != "absent":
+            await other.remove(component.key)
+        return await want.ensure_running(component)
+
+    async def status(self, key: str) -> RuntimeStatus:
+        return await self._owner(key).status(key)
+
+    async def stop(self, key: str, *, grace: float = 10.0) -> None:
+        await self._owner(key).stop(key, grace=grace)
+
+    async def remove(self, key: str) -> None:
+        await self.host.remove(key)
+        await self.container.remove(key)
+
+    async def exec(self, key: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        return await self._owner(key).exec(key, argv, timeout=timeout)
+
+    async def keys(self) -> list[str]:
+        return sorted(set(await self.host.keys()) | set(await self.container.keys()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from app.bootstrap.driver import ComponentDriver, HostProcessDriver
+from app.bootstrap.driver import ComponentDriver, HostProcessDriver, RoutingDriver
 from app.bootstrap.instantiate import NodeContext
 from app.bootstrap.plan import Policy
 from app.bootstrap.service import BootstrapService
@@ -29,8 +29,9 @@ def make_driver(settings: Settings, puller: Any = None, runner: Any = None) -> C
     if choice == "container" or (choice == "auto" and engines):
         from app.bootstrap.container_driver import ContainerServiceDriver
 
-        return ContainerServiceDriver(puller, runner, settings.state_dir / "bootstrap" / "containers",
-                                      stop_grace=settings.runtime.stop_grace_seconds)
+        containers = ContainerServiceDriver(puller, runner, settings.state_dir / "bootstrap" / "containers",
+                                            stop_grace=settings.runtime.stop_grace_seconds)
+        return RoutingDriver(containers, HostProcessDriver(settings.state_dir / "bootstrap" / "host"))
     return HostProcessDriver(settings.state_dir / "bootstrap" / "host")
 
 

@@ -141,8 +141,8 @@ def _component(intent: Intent, comp: Component, r: Renderer, ctx: dict[str, Any]
     return DesiredComponent(
         key=f"{intent.name}.{comp.name}", intent=intent.name, name=comp.name, image=out["image"],
         command=tuple(out["command"]), env=tuple(sorted(out["env"].items())), mounts=tuple(mounts),
-        network=out["network"], privileged=out["privileged"], directory=str(cdir), files=tuple(files),
-        volumes=tuple(volumes.values()),
+        network=out["network"], runs_on=out["runs_on"], privileged=out["privileged"], directory=str(cdir),
+        files=tuple(files), volumes=tuple(volumes.values()),
         depends_on=tuple(f"{intent.name}.{d}" for d in comp.depends_on), health=health, tasks=tuple(tasks),
         restart=out["restart"], extra_hash=extra,
     )

@@ -57,6 +57,7 @@ class DesiredComponent:
     env: tuple[tuple[str, str], ...] = ()
     mounts: tuple[MountSpec, ...] = ()
     network: str = "host"
+    runs_on: str = "container"  # or "host"
     privileged: bool = False
     directory: str = ""
     files: tuple[RenderedFile, ...] = ()
@@ -76,7 +77,7 @@ class DesiredComponent:
         doc = {
             "image": self.image, "command": self.command, "env": self.env,
             "mounts": [(m.source, m.target, m.readonly) for m in self.mounts], "network": self.network,
-            "privileged": self.privileged,
+            "privileged": self.privileged, "runs_on": self.runs_on,
             "files": [(f.path, f.sha256, f.mode) for f in self.files], "extra": self.extra_hash,
             "tasks": [t.model_dump() if hasattr(t, "model_dump") else t for t in self.tasks],
             "health": self.health.model_dump() if hasattr(self.health, "model_dump") else self.health,

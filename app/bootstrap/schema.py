@@ -176,7 +176,8 @@ class TemplateFile(Strict):
 
 class Component(Strict):
     name: str
-    image: str
+    image: str = ""  # required unless runs_on is "host"
+    runs_on: Literal["container", "host"] = "container"  # host: a host process (e.g. the kubelet)
     command: list[str] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     mounts: list[Mount] = Field(default_factory=list)
@@ -198,6 +199,8 @@ class Component(Strict):
 
     @model_validator(mode="after")
     def _tasks_sane(self) -> Component:
+        if self.runs_on == "container" and not self.image:
+            raise ValueError("'image' is required for a component that runs in a container")
         if self.tasks is not None:
             kinds = [t.type for t in self.tasks]
             if kinds.count("container") != 1:

@@ -161,3 +161,33 @@ async def test_apply_waits_out_backoff_until_its_timeout(svc) -> None:  # type: 
     took = loop.time() - t
     c = comps(status)["bad.web"]
     assert 2.0 <= took < 6.0 and c["restarts"] >= 3 and c["phase"] in ("backoff", "crashloop"), (took, c)
+
+
+async def test_routing_driver_places_host_components_on_the_host(svc_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from app.bootstrap.driver import HostProcessDriver, RoutingDriver
+
+    prof = tmp_path / "profiles" / "mixed"
+    prof.mkdir(parents=True)
+    sleep = ["/bin/busybox", "sleep", "600"]
+    (prof / "profile.yaml").write_text(yaml.safe_dump({"name": "mixed", "components": [
+        {"name": "boxed", "image": "busybox", "command": sleep},
+        {"name": "native", "runs_on": "host", "command": sleep, "depends_on": ["boxed"]}]}))
+    svc = svc_factory(profile_dirs=(tmp_path / "profiles",))
+    boxes, host = HostProcessDriver(tmp_path / "as-containers"), HostProcessDriver(tmp_path / "as-host")
+    svc.driver = svc.reconciler.driver = RoutingDriver(boxes, host)
+    try:
+        svc.put_intent({"name": "m", "profile": "mixed"})
+        status = await svc.apply(timeout=30)
+        assert {c["component"]: c["phase"] for c in status["components"]} == {"m.boxed": "running",
+                                                                               "m.native": "running"}
+        assert await boxes.keys() == ["m.boxed"] and await host.keys() == ["m.native"]
+        assert (await svc.plan())["changes"] == 0
+        svc.delete_intent("m")
+        await svc.apply(timeout=30)
+        assert await boxes.keys() == [] and await host.keys() == []
+    finally:
+        for d in (boxes, host):
+            for key in await d.keys():
+                await d.remove(key)

@@ -56,6 +56,7 @@ def test_schema_errors_name_the_field() -> None:
     bad({**MINIMAL, "pki": {"certs": [{"name": "x", "ca": "nope", "cn": "x", "usages": ["server"]}]}},
         "CA 'nope' not listed")
     bad({**MINIMAL, "components": [{**comp, "tasks": [{"type": "render"}]}]}, "exactly one 'container'")
+    bad({**MINIMAL, "components": [{"name": "a", "command": ["x"]}]}, "'image' is required")
     bad({**MINIMAL, "components": [{**comp, "health": {"check": {"type": "ftp"}}}]}, "components[0].health.check")
 
 
@@ -198,7 +199,8 @@ def test_kubelet_config_points_at_our_cri_socket(k8s) -> None:
     assert cfg["clusterDNS"] == ["10.96.0.10"] and cfg["clusterDomain"] == "cluster.local"
     f = _flags(kubelet.command)
     assert f["kubeconfig"] == f"{n.kubeconfig_dir}/kubelet.conf" and f["config"] == kubelet.files[0].path
-    assert kubelet.privileged
+    assert kubelet.runs_on == "host" and kubelet.image == ""  # no kubelet image exists: a host process
+    assert all(c.runs_on == "container" and c.image for n_, c in comps.items() if n_ != "kubelet")
     root = next(m for m in kubelet.mounts if m.source == "/var/lib/kubelet")
     assert root.create and not root.readonly
 
