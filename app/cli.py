@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,32 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Uninstall/reset: remove every network attachment, our nftables table and the bridge."""
+    import asyncio
+
+    from app.errors import FailedPrecondition
+    from app.runtime.network.manager import build_network_manager
+    from app.state.db import open_database
+
+    settings = _settings(args)
+    pid_file = settings.run_dir / "vapp.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass
+    else:
+        raise FailedPrecondition(f"vapp-core is running (pid {pid}); stop it before a reset")
+    db = open_database(settings.db_url)
+    try:
+        asyncio.run(build_network_manager(settings, db).reset())
+    finally:
+        db.close()
+    print("network state removed (attachments, leases, nftables table, bridge)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vapp-core", description="4lock-core node appliance")
     parser.add_argument("--version", action="version", version=f"vapp-core {__version__}")
@@ -123,15 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
 
-    for add in _engine_commands():
-        add(sub)
+    p = sub.add_parser("reset", help="uninstall: remove network attachments, nftables rules and the bridge")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_reset)
+
+    from app.cli_bootstrap import add_parsers as add_bootstrap_parsers
+    from app.cli_images import add_parser as add_images_parser
+
+    add_images_parser(sub)
+    add_bootstrap_parsers(sub, add_config_args=_add_config_args, settings_of=_settings)
     return parser
-
-
-def _engine_commands() -> list[Callable[[Any], None]]:
-    """Subcommands owned by the engines (images, bootstrap, certs), listed explicitly."""
-    adders: list[Callable[[Any], None]] = []
-    return adders
 
 
 def vapp_core_main(argv: list[str] | None = None) -> int:
