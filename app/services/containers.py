@@ -29,7 +29,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from app.runtime.oci import spec as specgen
 from app.runtime.oci import state as oci_state
 from app.runtime.supervise import client
 from app.runtime.supervise.shim import read_record
+from app.services.container_bundle import make_bundle, read_rootfs_file
 from app.services.container_types import (
     ContainerEvent,
     ContainerInfo,
@@ -169,54 +170,7 @@ class ContainerService:
         return self._info(row)
 
     def _bundle(self, req: CreateRequest, directory: Path) -> tuple[str, dict[str, Any]]:
-        if req.bundle:
-            try:
-                cfg: dict[str, Any] = json.loads((Path(req.bundle) / "config.json").read_text())
-            except (OSError, ValueError) as exc:
-                raise InvalidArgument(f"bundle {req.bundle}: cannot read config.json: {exc}") from exc
-            root = cfg.get("root", {}).get("path", "rootfs")
-            cfg["root"]["path"] = root if os.path.isabs(root) else str(Path(req.bundle) / root)
-            return req.bundle, cfg
-        if not req.rootfs or not os.path.isdir(req.rootfs):
-            raise InvalidArgument(f"rootfs {req.rootfs!r} does not exist", details={"field": "rootfs"})
-        spec = replace(req.spec, rootfs=os.path.abspath(req.rootfs))
-        uid, gid = os.geteuid(), os.getegid()
-        spec = self._resolve_network(spec)
-        if uid != 0 and not spec.uid_maps:
-            spec = replace(spec, uid_maps=_subid_maps("/etc/subuid", uid), gid_maps=_subid_maps("/etc/subgid", gid))
-        cfg = specgen.build_config(spec, req.image_config, passwd=_read(spec.rootfs, "etc/passwd"),
-                                   group=_read(spec.rootfs, "etc/group"), host_uid=uid, host_gid=gid)
-        self._join_container(cfg, req.spec.network)
-        bundle = directory / "bundle"
-        bundle.mkdir(parents=True, exist_ok=True)
-        oci_state.write_atomic(str(bundle / "config.json"), json.dumps(cfg, indent=1).encode(), 0o644)
-        return str(bundle), cfg
-
-    def _resolve_network(self, spec: specgen.ContainerSpec) -> specgen.ContainerSpec:
-        mode = spec.network
-        if mode in ("host", "none", "new") or mode.startswith("/"):
-            return spec
-        if mode.startswith("container:"):
-            return replace(spec, network="new")  # replaced by the target's paths in _join_container
-        return replace(spec, network="new")  # pod, bridge, …: a new netns the network hook fills
-
-    def _join_container(self, cfg: dict[str, Any], mode: str) -> None:
-        if not mode.startswith("container:"):
-            return
-        target = self._row(mode.split(":", 1)[1])
-        if not target.pid or not oci_state.process_alive(target.pid, target.pid_start):
-            raise FailedPrecondition(f"network container {target.id!r} is not running")
-        linux = cfg["linux"]
-        for ns in linux["namespaces"]:
-            if ns["type"] == "network":
-                ns["path"] = f"/proc/{target.pid}/ns/net"
-            if ns["type"] == "user":  # a netns can only be joined from its owning user namespace
-                ns["path"] = f"/proc/{target.pid}/ns/user"
-                linux.pop("uidMappings", None)
-                linux.pop("gidMappings", None)
-        cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] != "/sys"] + [
-            {"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec",
-                                                                                   "nodev", "ro"]}]
+        return make_bundle(req, directory, self._row)
 
     async def _spawn(self, row: ContainerRow, backend: Runtime, tty: bool) -> None:
         request = {"id": row.id, "bundle": row.bundle, "state_root": backend.root, "shims_root": self.shims_root,
@@ -388,7 +342,8 @@ class ContainerService:
         native_state = oci_state.load(self.backends["native"].root, row.id) or {}
         process_user = proc.get("user") or {}
         if user:
-            process_user = specgen.resolve_user(user, _read(row.rootfs, "etc/passwd"), _read(row.rootfs, "etc/group"))
+            passwd, group = read_rootfs_file(row.rootfs, "etc/passwd"), read_rootfs_file(row.rootfs, "etc/group")
+            process_user = specgen.resolve_user(user, passwd, group)
         request = {"pid": row.pid, "pidStartTime": row.pid_start, "argv": list(argv),
                    "env": specgen.merge_env(proc.get("env"), tuple(env or ())), "cwd": workdir or proc.get("cwd"),
                    "user": process_user, "capabilities": proc.get("capabilities"),
@@ -471,29 +426,6 @@ class ContainerService:
         for task in list(self._watchers.values()):
             task.cancel()
         self._watchers.clear()
-
-
-def _read(rootfs: str, rel: str) -> str:
-    try:
-        return (Path(rootfs) / rel).read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _subid_maps(path: str, own: int) -> tuple[specgen.IdMap, ...]:
-    """``0 → own`` plus the caller's subordinate range at 1.. (empty when none is configured)."""
-    import pwd
-
-    try:
-        name = pwd.getpwuid(own).pw_name
-        lines = Path(path).read_text().splitlines()
-    except (KeyError, OSError):
-        return ()
-    for line in lines:
-        parts = line.strip().split(":")
-        if len(parts) == 3 and parts[0] in (name, str(own)) and shutil.which("newuidmap"):
-            return (specgen.IdMap(0, own, 1), specgen.IdMap(1, int(parts[1]), int(parts[2])))
-    return ()
 
 
 def _signal_number(sig: int | str) -> int:

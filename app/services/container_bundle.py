@@ -1,0 +1,100 @@
+"""Bundle preparation for the container service: generated config.json or the caller's bundle.
+
+Network modes resolved here: ``host | none | new | <netns path>`` go to the spec as is;
+``container:<id>`` joins the target's net namespace (and, rootless, its user namespace,
+since a netns can only be joined from its owning user namespace); anything else (``pod``…)
+gets a new netns that the network hook fills after create.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from app.errors import FailedPrecondition, InvalidArgument
+from app.runtime.oci import spec as specgen
+from app.runtime.oci import state as oci_state
+from app.services.container_types import CreateRequest
+from app.state.models.containers import ContainerRow
+
+Lookup = Callable[[str], ContainerRow]
+
+
+def make_bundle(req: CreateRequest, directory: Path, lookup: Lookup) -> tuple[str, dict[str, Any]]:
+    """The bundle to run: the caller's (``req.bundle``) or one generated under ``directory``."""
+    if req.bundle:
+        try:
+            cfg: dict[str, Any] = json.loads((Path(req.bundle) / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"bundle {req.bundle}: cannot read config.json: {exc}") from exc
+        root = cfg.get("root", {}).get("path", "rootfs")
+        cfg["root"]["path"] = root if os.path.isabs(root) else str(Path(req.bundle) / root)
+        return req.bundle, cfg
+    if not req.rootfs or not os.path.isdir(req.rootfs):
+        raise InvalidArgument(f"rootfs {req.rootfs!r} does not exist", details={"field": "rootfs"})
+    spec = replace(req.spec, rootfs=os.path.abspath(req.rootfs))
+    uid, gid = os.geteuid(), os.getegid()
+    spec = _resolve_network(spec)
+    if uid != 0 and not spec.uid_maps:
+        spec = replace(spec, uid_maps=subid_maps("/etc/subuid", uid), gid_maps=subid_maps("/etc/subgid", gid))
+    cfg = specgen.build_config(spec, req.image_config, passwd=read_rootfs_file(spec.rootfs, "etc/passwd"),
+                               group=read_rootfs_file(spec.rootfs, "etc/group"), host_uid=uid, host_gid=gid)
+    _join_container(cfg, req.spec.network, lookup)
+    bundle = directory / "bundle"
+    bundle.mkdir(parents=True, exist_ok=True)
+    oci_state.write_atomic(str(bundle / "config.json"), json.dumps(cfg, indent=1).encode(), 0o644)
+    return str(bundle), cfg
+
+def _resolve_network(spec: specgen.ContainerSpec) -> specgen.ContainerSpec:
+    mode = spec.network
+    if mode in ("host", "none", "new") or mode.startswith("/"):
+        return spec
+    if mode.startswith("container:"):
+        return replace(spec, network="new")  # replaced by the target's paths in _join_container
+    return replace(spec, network="new")  # pod, bridge, …: a new netns the network hook fills
+
+def _join_container(cfg: dict[str, Any], mode: str, lookup: Lookup) -> None:
+    if not mode.startswith("container:"):
+        return
+    target = lookup(mode.split(":", 1)[1])
+    if not target.pid or not oci_state.process_alive(target.pid, target.pid_start):
+        raise FailedPrecondition(f"network container {target.id!r} is not running")
+    linux = cfg["linux"]
+    for ns in linux["namespaces"]:
+        if ns["type"] == "network":
+            ns["path"] = f"/proc/{target.pid}/ns/net"
+        if ns["type"] == "user":  # a netns can only be joined from its owning user namespace
+            ns["path"] = f"/proc/{target.pid}/ns/user"
+            linux.pop("uidMappings", None)
+            linux.pop("gidMappings", None)
+    cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] != "/sys"] + [
+        {"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec",
+                                                                               "nodev", "ro"]}]
+
+
+def read_rootfs_file(rootfs: str, rel: str) -> str:
+    try:
+        return (Path(rootfs) / rel).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def subid_maps(path: str, own: int) -> tuple[specgen.IdMap, ...]:
+    """``0 → own`` plus the caller's subordinate range at 1.. (empty when none is configured)."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(own).pw_name
+        lines = Path(path).read_text().splitlines()
+    except (KeyError, OSError):
+        return ()
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[0] in (name, str(own)) and shutil.which("newuidmap"):
+            return (specgen.IdMap(0, own, 1), specgen.IdMap(1, int(parts[1]), int(parts[2])))
+    return ()
