@@ -165,8 +165,9 @@ async def test_stop_pod_stops_its_containers_and_bad_requests(stack: Any, test_i
     ref = test_images.busybox.ref
     await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))
     pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config("stopper")))).pod_sandbox_id
+    made = _tmp / "made-by-cri"
     cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="s"), image=pb.ImageSpec(image=ref),
-                             command=["sleep", "1000"])
+                             command=["sleep", "1000"], mounts=[pb.Mount(container_path="/m", host_path=str(made))])
     assert await code_of(rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id,
                                                                       config=pb.ContainerConfig()))) \
         == grpc.StatusCode.INVALID_ARGUMENT
@@ -177,7 +178,12 @@ async def test_stop_pod_stops_its_containers_and_bad_requests(stack: Any, test_i
         == grpc.StatusCode.NOT_FOUND
     assert await code_of(im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image="::bad ref::")))) \
         == grpc.StatusCode.INVALID_ARGUMENT
+    relative = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="r"), image=pb.ImageSpec(image=ref),
+                                  mounts=[pb.Mount(container_path="/x", host_path="relative/path")])
+    assert await code_of(rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=relative))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
     cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
+    assert made.is_dir()  # a missing bind source is created, as containerd does
     await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
     assert await code_of(rt.StartContainer(pb.StartContainerRequest(container_id=cid))) \
         == grpc.StatusCode.FAILED_PRECONDITION

@@ -89,6 +89,7 @@ class ContainerRpcs:
             raise Unavailable("image service or container root filesystems are not wired on this node")
         cfg = request.config
         image = images.get(cfg.image.image)
+        await asyncio.to_thread(_ensure_mount_sources, cfg.mounts)
         cid = secrets.token_hex(32)
         log_path = str(Path(pod.spec.log_directory) / cfg.log_path) if pod.spec.log_directory and cfg.log_path \
             else ""
@@ -289,6 +290,19 @@ class ContainerRpcs:
                 ours.discard(ev.container_id)
             hub.publish(pb.ContainerEventResponse(container_id=ev.container_id, container_event_type=kind,
                                                   created_at=int(ev.at * 1e9), containers_statuses=statuses))
+
+
+def _ensure_mount_sources(mounts: Any) -> None:
+    """A missing bind source becomes an empty directory, as containerd and Docker do."""
+    for m in mounts:
+        if not m.host_path.startswith("/"):
+            raise InvalidArgument(f"mount host_path {m.host_path!r} is not absolute", details={"field": "mounts"})
+        if not os.path.lexists(m.host_path):
+            try:
+                os.makedirs(m.host_path, 0o755, exist_ok=True)
+            except OSError as exc:
+                raise InvalidArgument(f"mount source {m.host_path}: {exc.strerror}",
+                                      details={"field": "mounts"}) from exc
 
 
 def _write_limits(container_id: str, pid: int, res: pb.LinuxContainerResources) -> None:
