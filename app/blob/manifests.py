@@ -62,6 +62,12 @@ def _accepts(accept: list[str], media_type: str) -> bool:
     return bool(bases & {"*/*", "application/*", mt.base(media_type)})
 
 
+class _MissingFile(Exception):
+    def __init__(self, digest: str) -> None:
+        super().__init__(digest)
+        self.digest = digest
+
+
 class Manifests:
     def __init__(self, cache: BlobCache) -> None:
         self.c = cache
@@ -80,6 +86,16 @@ class Manifests:
         return cfg.repository_tag_ttl.get(repo, cfg.tag_ttl_seconds)
 
     async def get(self, registry: str, repo: str, reference: str, accept: list[str]) -> ManifestResult:
+        try:
+            return await self._get(registry, repo, reference, accept)
+        except _MissingFile as gone:
+            # The index said cached but the file is gone (removed behind our back): forget it, refetch.
+            log.warning("cache: manifest %s vanished from the content store; refetching", gone.digest)
+            self.c.blobs.pop(gone.digest, None)
+            self.forget(gone.digest)
+            return await self._get(registry, repo, reference, accept)
+
+    async def _get(self, registry: str, repo: str, reference: str, accept: list[str]) -> ManifestResult:
         if is_digest(reference) or ":" in reference:
             validate_digest(reference)
             return await self._manifest_by_digest(registry, repo, reference, accept)
@@ -147,7 +163,10 @@ class Manifests:
     def _served_manifest(self, digest: str, media_type: str, cache: str) -> ManifestResult:
         body = self._memo.get(digest)
         if body is None:
-            body = self.c.store.read(digest)
+            try:
+                body = self.c.store.read(digest)
+            except NotFound:
+                raise _MissingFile(digest) from None
             self._memo[digest] = body
             if len(self._memo) > MANIFEST_MEMO:
                 self._memo.popitem(last=False)

@@ -208,3 +208,17 @@ async def test_slow_or_dead_mirror_falls_through(tmp_path: Path) -> None:
             assert dead_ep["failures"] >= 1
             # The dead mirror is scored down: it is no longer tried first.
             assert health[0]["url"] != dead
+
+
+async def test_manifest_file_removed_behind_our_back_is_refetched(tmp_path: Path) -> None:
+    async with FakeUpstream() as up:
+        body = _manifest(up.add_blob(b"{}"), up.add_blob(b"x"), 1)
+        digest = up.add_manifest("app", "v1", body, mt.OCI_MANIFEST)
+        async with running_cache(tmp_path, _settings(up)) as c, httpx.AsyncClient() as client:
+            assert (await client.get(f"{c.url}/v2/app/manifests/v1")).content == body
+            await committed(c, digest)
+            c.store.delete(digest)
+            c.cache.manifests.forget(digest)
+            r = await client.get(f"{c.url}/v2/app/manifests/v1")
+            assert r.status_code == 200 and r.content == body
+            assert up.requests[("GET", "/v2/app/manifests/v1")] == 2
