@@ -121,7 +121,7 @@ class Observed:
 
 
 ActionKind = Literal["render", "start", "restart", "probe", "remove", "reset_backoff", "wait_backoff",
-                     "blocked", "leave_exited"]
+                     "blocked", "leave_exited", "busy"]
 
 # Actions that change the node; the rest only explain why nothing happens.
 MUTATING: frozenset[str] = frozenset({"render", "start", "restart", "probe", "remove", "reset_backoff"})

@@ -19,7 +19,8 @@ Decision table for one desired component (first match wins)::
         inside the backoff window             → wait_backoff
         a dependency not ready                → blocked
         otherwise                             → start    (not created / exited / gone)
-    observed but not desired                  → remove   (pruned)
+    observed but not desired                  → remove   (pruned; a start in progress is cancelled)
+    a start still in progress (``busy``)      → busy     (no action; counts as not ready)
 
 A dependency is *ready* when it runs the desired spec, needs no render, is
 healthy (or has no health check) and is not itself being (re)started this pass.
@@ -29,7 +30,7 @@ the next one; ``crashloop`` is the phase once n ≥ ``crashloop_after``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.bootstrap.graph import topo_order
@@ -102,7 +103,9 @@ def _stopped(d: DesiredComponent, obs: Observed | None, now: float, waiting: tup
 
 
 def plan(desired: Sequence[DesiredComponent], observed: Mapping[str, Observed], now: float,
-         policy: Policy = Policy()) -> list[Action]:
+         policy: Policy = Policy(), busy: Collection[str] = ()) -> list[Action]:
+    """``busy``: components whose start is still running (in the background); they get no
+    action and count as not ready, so their dependents wait."""
     by_key = {d.key: d for d in desired}
     order = topo_order({d.key: d.depends_on for d in desired})
     actions: list[Action] = []
@@ -110,6 +113,10 @@ def plan(desired: Sequence[DesiredComponent], observed: Mapping[str, Observed], 
     for key in order:
         d = by_key[key]
         obs = observed.get(key)
+        if key in busy:
+            actions.append(Action("busy", key, "start in progress"))
+            not_ready.add(key)
+            continue
         render = _render_action(d, obs)
         if render:
             actions.append(render)

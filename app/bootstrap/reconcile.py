@@ -79,6 +79,8 @@ class Reconciler:
         self.emit: Emit = emit or (lambda _e: None)
         self.clock = clock
         self.bootstrap_dir = bootstrap_dir
+        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.on_settled: Callable[[], None] | None = None  # called when a background start ends
         self.records: dict[str, Record] | None = None  # loaded once, then kept in memory
         self.last_plan: list[Action] = []
 
@@ -104,11 +106,20 @@ class Reconciler:
 
     async def plan(self, desired: Sequence[DesiredComponent],
                    skip_intents: Collection[str] = ()) -> list[Action]:
-        return plan(desired, await self.observe(desired, skip_intents), self.clock(), self.policy)
+        self._settle()
+        return plan(desired, await self.observe(desired, skip_intents), self.clock(), self.policy,
+                    busy=frozenset(self.inflight))
+
+    def _settle(self) -> None:
+        for key, task in list(self.inflight.items()):
+            if task.done():
+                del self.inflight[key]
 
     # --- one pass --------------------------------------------------------------------
     async def run_pass(self, desired: Sequence[DesiredComponent],
                        skip_intents: Collection[str] = ()) -> list[Action]:
+        """Plan and act. Starts run as background tasks (a slow pull or health wait of one
+        component must not hold up the others, nor the pass); everything else is done here."""
         actions = await self.plan(desired, skip_intents)
         self.last_plan = actions
         by_key = {d.key: d for d in desired}
@@ -117,7 +128,14 @@ class Reconciler:
             d = by_key.get(act.key)
             if act.kind == "probe":
                 probes.append(self._do(act, d))  # concurrently, below: one hung target must not
-            elif act.mutating:                   # delay the others' probes
+            elif act.kind in ("start", "restart") and d is not None:  # delay the others' probes
+                self.emit({"event": "action", **act.to_dict()})
+                self.inflight[act.key] = asyncio.create_task(self._start_guarded(act, d), name=f"start {act.key}")
+            elif act.mutating:
+                if act.key in self.inflight:  # pruned while starting: cancel the start first
+                    task = self.inflight.pop(act.key)
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
                 self.emit({"event": "action", **act.to_dict()})
                 await self._do(act, d)
             else:
@@ -125,6 +143,25 @@ class Reconciler:
         if probes:
             await asyncio.gather(*probes)
         return actions
+
+    async def _start_guarded(self, act: Action, d: DesiredComponent) -> None:
+        try:
+            await self._start(act, d)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not kill the loop; the record shows it
+            log.exception("bootstrap start %s", d.key)
+            self.emit({"event": "error", "component": d.key, "action": act.kind, "message": repr(exc)})
+        finally:
+            if self.on_settled is not None:
+                self.on_settled()
+
+    async def cancel_inflight(self) -> None:
+        tasks = list(self.inflight.values())
+        self.inflight.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def converge(self, desired: Sequence[DesiredComponent], *, timeout: float = 300.0,
                        skip_intents: Collection[str] = ()) -> list[Action]:
@@ -137,10 +174,12 @@ class Reconciler:
         while True:
             actions = await self.run_pass(desired, skip_intents)
             left = deadline - time.monotonic()
-            work = [a for a in actions if a.mutating and a.kind != "probe"]
             if left <= 0:
                 return actions
-            if work:
+            if self.inflight:
+                await asyncio.wait(set(self.inflight.values()), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if [a for a in actions if a.mutating and a.kind != "probe"]:
                 continue
             waits = [a.until for a in actions if a.kind == "wait_backoff"]
             if not waits:

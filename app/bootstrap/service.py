@@ -105,6 +105,7 @@ class BootstrapService:
                                      bootstrap_dir=node.bootstrap_dir)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self.reconciler.on_settled = self._wake.set  # a finished start lets dependents go at once
         self._fp_cache: dict[str, tuple[int, str]] = {}
         self.last_problems: list[str] = []
         self.last_failed: dict[str, str] = {}
@@ -244,18 +245,23 @@ class BootstrapService:
         return list(unique.values())
 
     async def run_forever(self) -> None:
-        """The daemon's background task: a pass, then sleep until woken or something is due."""
-        while True:
-            try:
-                await self.reconcile_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the loop must outlive any one bad pass
-                log.exception("bootstrap pass failed")
-                self.events.emit({"event": "pass_failed", "message": str(exc)})
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._next_wait())
+        """The daemon's background task: a pass, then sleep until woken or something is due.
+
+        Cancelling it cancels starts in progress; what they left is found by the next run."""
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.reconcile_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the loop must outlive any one bad pass
+                    log.exception("bootstrap pass failed")
+                    self.events.emit({"event": "pass_failed", "message": str(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._next_wait())
+        finally:
+            await self.reconciler.cancel_inflight()
 
     def _next_wait(self) -> float:
         now = time.time()

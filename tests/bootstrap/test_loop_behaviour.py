@@ -191,3 +191,39 @@ async def test_routing_driver_places_host_components_on_the_host(svc_factory, tm
         for d in (boxes, host):
             for key in await d.keys():
                 await d.remove(key)
+
+
+async def test_a_slow_start_blocks_neither_others_nor_pruning(svc_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    prof = tmp_path / "profiles" / "slow"
+    prof.mkdir(parents=True)
+    (prof / "profile.yaml").write_text(yaml.safe_dump({"name": "slow", "variables": {"port": {"type": "port"}},
+        "components": [{"name": "s", "image": "busybox", "command": ["/bin/busybox", "sleep", "600"],
+                        "health": {"check": {"type": "tcp", "port": "{{ port }}"}},
+                        "tasks": [{"type": "container"}, {"type": "wait", "timeout_seconds": 60}]}]}))
+    svc = svc_factory(profile_dirs=(tmp_path / "profiles", PROFILES))
+    svc.put_intent({"name": "slow", "profile": "slow", "values": {"port": free_port()}})
+    task = asyncio.create_task(svc.run_forever())
+    try:
+        await wait_for(lambda: "slow.s" in svc.reconciler.inflight, timeout=10)
+        svc.put_intent({"name": "toy", "profile": "toy", "values": {"port": free_port()}})
+
+        async def toy_up() -> bool:
+            c = comps(await svc.status())
+            return c.get("toy.client", {}).get("phase") == "running"
+
+        await wait_for(toy_up, timeout=15)  # while slow.s is still waiting for its port
+        assert comps(await svc.status())["slow.s"]["phase"] == "starting"
+        svc.delete_intent("slow")
+
+        async def pruned() -> bool:
+            gone = (await svc.driver.status("slow.s")).state == "absent"
+            return gone and "slow.s" not in comps(await svc.status())
+
+        await wait_for(pruned, timeout=15)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert svc.reconciler.inflight == {}

@@ -203,3 +203,12 @@ def test_cycle_is_refused() -> None:
 def test_plan_is_deterministic() -> None:
     ds = [comp(f"i.c{n}") for n in range(20)]
     assert plan(ds, {}, NOW, POLICY) == plan(list(ds), {}, NOW, POLICY)
+
+
+def test_busy_components_get_no_action_and_block_dependents() -> None:
+    db, app = comp("i.db"), comp("i.app", deps=("i.db",))
+    acts = plan([app, db], {}, NOW, POLICY, busy={"i.db"})
+    assert kinds(acts) == [("busy", "i.db"), ("blocked", "i.app")] and is_noop(acts)
+    # a busy component no longer wanted is still pruned (the executor cancels the start)
+    acts = plan([], {db.key: stopped(db, "absent")}, NOW, POLICY, busy={"i.db"})
+    assert kinds(acts) == [("remove", "i.db")]
