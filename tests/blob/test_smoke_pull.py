@@ -39,6 +39,10 @@ async def test_skopeo_pulls_every_image_through_cache(tmp_path: Path, registry: 
             for digest in img.layers:
                 assert digest in pulled
                 assert c.store.read(digest) == pulled[digest]
+        from prometheus_client import REGISTRY
+
+        hits = REGISTRY.get_sample_value("vapp_blob_requests_total", {"kind": "manifest", "status": "200",
+                                                                       "cache": "hit"}) or 0  # fmt: skip
         async with httpx.AsyncClient() as client:
             img = test_images.busybox
             r = await client.get(f"{c.url}/v2/{img.repository}/manifests/latest", params={"ns": registry.host})
@@ -48,6 +52,11 @@ async def test_skopeo_pulls_every_image_through_cache(tmp_path: Path, registry: 
             assert r.headers["content-type"] == img.media_type
             r2 = await client.get(f"{c.url}/v2/{registry.host}/{img.repository}/manifests/latest")
             assert r2.status_code == 200 and r2.content == r.content
+        after = REGISTRY.get_sample_value("vapp_blob_requests_total", {"kind": "manifest", "status": "200",
+                                                                        "cache": "hit"})  # fmt: skip
+        assert after is not None and after >= hits + 2
+        assert (REGISTRY.get_sample_value("vapp_blob_bytes_pulled_total", {"upstream": registry.host}) or 0) > 0
+        assert (REGISTRY.get_sample_value("vapp_blob_cache_size_bytes") or 0) > 0
 
 
 async def test_two_clients_on_cold_50mb_blob_fetch_once(tmp_path: Path, registry: RegistryInfo, test_images) -> None:
