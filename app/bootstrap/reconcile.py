@@ -14,7 +14,8 @@ and emits nothing (``bench/bootstrap_bench.py`` times it). ``converge`` repeats
 passes until a pass has nothing left to do (dependents start in the pass after
 their dependencies became healthy).
 
-Starting a component runs its tasks in order: ``render`` (write what differs),
+Starting a component is a background task (``inflight``; the planner sees it as busy)
+that runs its tasks in order: ``render`` (write what differs),
 ``container`` (driver.ensure_running), ``wait`` (health check until a deadline,
 failing early if the process exits), ``exec`` (once per spec; skipped when its
 ``unless`` command succeeds). A failing task stops the component and schedules
