@@ -252,3 +252,21 @@ async def test_tls_listener_and_repeated_accept_headers(
                 assert r.status_code == 200 and "sha256:" + hashlib.sha256(r.content).hexdigest() == img.layers[0]
         finally:
             await server.stop(1)
+
+
+async def test_configured_prepull_runs_at_start_and_jobs_survive_restart(
+    tmp_path: Path, registry: RegistryInfo, test_images: Any
+) -> None:
+    img = test_images.busybox
+    ref = f"{registry.host}/{img.repository}:latest"
+    async with running_cache(tmp_path, _settings(registry, prepull=[ref])) as c:
+        for _ in range(200):
+            jobs = c.service.prepull_jobs()
+            if jobs and jobs[0]["state"] in ("done", "failed"):
+                break
+            await asyncio.sleep(0.05)
+        assert [(j["reference"], j["state"]) for j in jobs] == [(ref, "done")]
+        await committed(c, *img.layers)
+    async with running_cache(tmp_path, _settings(registry)) as c:
+        assert [(j["reference"], j["state"]) for j in c.service.prepull_jobs()] == [(ref, "done")]
+        assert all(d in c.cache.blobs for d in img.layers)
