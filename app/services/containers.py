@@ -348,6 +348,7 @@ class ContainerService:
                    "env": specgen.merge_env(proc.get("env"), tuple(env or ())), "cwd": workdir or proc.get("cwd"),
                    "user": process_user, "capabilities": proc.get("capabilities"),
                    "noNewPrivileges": proc.get("noNewPrivileges", False),
+                   "seccomp": (cfg.get("linux") or {}).get("seccomp"),
                    "cgroups": native_state.get("cgroups") or []}
         try:
             return await client.start_exec(self.forkserver, request, tty=tty, stdin=stdin)

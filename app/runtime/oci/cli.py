@@ -181,7 +181,9 @@ def _features() -> dict[str, Any]:
                          "shared", "rshared", "slave", "rslave", "relatime", "strictatime"],
         "linux": {"namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
                   "capabilities": list(CAP_NAMES), "cgroup": {"v1": True, "v2": True},
-                  "seccomp": {"enabled": False}},
+                  "seccomp": {"enabled": True, "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                                                             "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP", "SCMP_ACT_TRACE",
+                                                             "SCMP_ACT_LOG"]}},
     }
 
 

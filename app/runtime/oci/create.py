@@ -18,7 +18,7 @@ import subprocess
 import time
 from typing import Any
 
-from app.runtime.kernel import PR_SET_CHILD_SUBREAPER, Kernel, cgroups
+from app.runtime.kernel import PR_SET_CHILD_SUBREAPER, Kernel, cgroups, seccomp
 from app.runtime.oci import hooks, state
 from app.runtime.oci.init import recv, send, stage1
 
@@ -73,7 +73,10 @@ def validate(cfg: dict[str, Any], bundle: str) -> None:
     if os.geteuid() != 0 and "user" not in seen:
         raise CreateError("config.json: running as non-root needs a user namespace (try `spec --rootless`)")
     if linux.get("seccomp"):
-        os.write(2, b"vapp-oci: warning: linux.seccomp is not supported yet; no syscall filter applied\n")
+        try:
+            seccomp.compile_filter(linux["seccomp"])
+        except (seccomp.SeccompError, KeyError, TypeError, ValueError) as exc:
+            raise CreateError(f"config.json: linux.seccomp: {exc}") from exc
 
 
 def _maps(linux: dict[str, Any], key: str, own: int) -> list[tuple[int, int, int]]:

@@ -30,7 +30,7 @@ import traceback
 from typing import Any, NoReturn
 
 from app.runtime import kernel as k
-from app.runtime.kernel import Kernel
+from app.runtime.kernel import Kernel, seccomp
 from app.runtime.oci import hooks, process, rootfs
 from app.runtime.oci.process import SetupError
 
@@ -232,6 +232,9 @@ def _wait_start_and_exec(kernel: Kernel, cfg: dict[str, Any], listener: socket.s
         state = dict(state, status="created")
         hooks.run_hooks((cfg.get("hooks") or {}).get("startContainer"), state, "startContainer")
         proc = cfg["process"]
+        profile = (cfg.get("linux") or {}).get("seccomp")
+        if profile and not proc.get("noNewPrivileges"):
+            seccomp.install(profile)  # without no_new_privs this needs CAP_SYS_ADMIN: before the drop
         process.drop_bounding(kernel, proc.get("capabilities"))
         process.switch_user(kernel, proc.get("user") or {}, keep_caps=True)
         cwd = proc.get("cwd") or "/"
@@ -242,6 +245,8 @@ def _wait_start_and_exec(kernel: Kernel, cfg: dict[str, Any], listener: socket.s
         process.apply_capabilities(kernel, proc.get("capabilities"))
         if proc.get("noNewPrivileges"):
             kernel.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
+            if profile:
+                seccomp.install(profile)  # as late as possible: fewer syscalls to allow
         process.execute(path, args, env)
     except BaseException as exc:
         code = exc.code if isinstance(exc, SetupError) else 1

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from app.runtime import kernel as k
 from app.runtime.forkserver import send_message
+from app.runtime.kernel import seccomp
 from app.runtime.kernel.linux import LinuxKernel
 from app.runtime.oci import process, state
 from app.runtime.supervise.shim import exit_code
@@ -93,6 +94,9 @@ def _child(kernel: LinuxKernel, req: dict[str, Any], stdio: list[int], master: i
         for number, fd in enumerate(targets):
             os.dup2(fd, number)
         caps = req.get("capabilities")
+        profile = req.get("seccomp")
+        if profile and not req.get("noNewPrivileges"):
+            seccomp.install(profile)
         if caps is not None:
             process.drop_bounding(kernel, caps)
         process.switch_user(kernel, req.get("user") or {}, keep_caps=True)
@@ -100,10 +104,12 @@ def _child(kernel: LinuxKernel, req: dict[str, Any], stdio: list[int], master: i
         os.chdir(cwd)
         if caps is not None:
             process.apply_capabilities(kernel, caps)
-        if req.get("noNewPrivileges"):
-            kernel.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
         env = list(req.get("env") or [])
         path = process.find_executable(req["argv"][0], env, cwd)
+        if req.get("noNewPrivileges"):
+            kernel.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
+            if profile:
+                seccomp.install(profile)
         process.execute(path, list(req["argv"]), env)
     except process.SetupError as exc:
         os.write(2, f"vapp-oci exec failed: {exc}\n".encode())
