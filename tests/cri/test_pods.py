@@ -184,22 +184,24 @@ async def test_failed_cni_add_leaves_nothing(tmp_path: Path, db: Database) -> No
                   "ranges": [[{"subnet": "not-a-subnet"}]]}}]}))
     svc = PodService(db, tmp_path / "state", Path(f"/tmp/vt-run-{unique_suffix()}"),
                      CniClient(conf, [Path("/usr/lib/cni")], tmp_path / "cache"))
-    before = _holders()
     with pytest.raises(Unavailable, match="CNI bridge ADD failed"):
         await svc.run(spec("broken"))
     assert svc.list() == []
-    assert _holders() - before == set()
+    assert _holders(str(svc.sock_root)) == set()  # only this service's holders: tests run in parallel
     assert not any((tmp_path / "state" / "pods").iterdir())
     assert not list((tmp_path / "cache").rglob("*.json"))
     await svc.run(spec("broken", network=NsMode.NODE))  # the name is free again; host network works
 
 
-def _holders() -> set[int]:
+def _holders(marker: str) -> set[int]:
+    """Live holder processes whose command line mentions ``marker`` (their socket directory)."""
     out = set()
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if b"pod_holder.py" in (d / "cmdline").read_bytes() and pod_process.start_time(int(d.name)):
+                cmdline = (d / "cmdline").read_bytes()
+                if b"pod_holder.py" in cmdline and marker.encode() in cmdline \
+                        and pod_process.start_time(int(d.name)):
                     out.add(int(d.name))
             except OSError:
                 continue
