@@ -35,8 +35,8 @@ from tests.cri.test_grpc import FakeNode, code_of, pod_config
 
 @pytest.fixture
 async def stack(tmp_path: Path, db: Database, pods: PodService, registry: Any) -> AsyncIterator[Any]:
-    store = LocalContentStore(tmp_path / "content")
-    layers = LayerSnapshots(tmp_path / "snapshots")
+    store = LocalContentStore(tmp_path / "state" / "content")  # the daemon's layout (ImageFsInfo reads it)
+    layers = LayerSnapshots(tmp_path / "state" / "snapshots")
     fetcher = RegistryFetcher(store, registry.url)
     puller = Puller(fetcher, store, layers, LayerUnpacker.for_this_process(), platform=Platform.host())
     images = ImageService(db, puller, layers, store)
@@ -77,6 +77,9 @@ async def test_full_lifecycle_with_logs_exec_and_filters(stack: Any, test_images
     assert status.image.id == image_ref and ref in status.image.repo_tags
     assert (await im.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image="nope:1")))).HasField("image") \
         is False
+    fs = await im.ImageFsInfo(pb.ImageFsInfoRequest())
+    assert sum(u.used_bytes.value for u in fs.image_filesystems) > 1_000_000  # busybox blob + unpacked layer
+    assert all(u.fs_id.mountpoint for u in fs.image_filesystems) and fs.container_filesystems
     logs = tmp / "podlogs"
     data = tmp / "hostdata"
     data.mkdir()

@@ -7,6 +7,7 @@ containerd have it. ``ImageStatus`` of an absent image is an empty response, and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -113,13 +114,13 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def ImageFsInfo(self, request: pb.ImageFsInfoRequest, context: Ctx) -> pb.ImageFsInfoResponse:
         s = self.node.settings
         out = []
-        for path in (s.state_dir / "content", s.state_dir / "snapshots"):
-            used, inodes = disk_usage(path)
+        for path in (s.content_dir, s.state_dir / "snapshots"):  # blobs and unpacked layers (wiring's layout)
+            used, inodes = await asyncio.to_thread(disk_usage, path)
             usage = pb.FilesystemUsage(timestamp=time.time_ns(), fs_id=pb.FilesystemIdentifier(mountpoint=str(path)))
             usage.used_bytes.value, usage.inodes_used.value = used, inodes
             out.append(usage)
         containers_dir = s.state_dir / "containers"
-        used, inodes = disk_usage(containers_dir)
+        used, inodes = await asyncio.to_thread(disk_usage, containers_dir)
         cont = pb.FilesystemUsage(timestamp=time.time_ns(),
                                   fs_id=pb.FilesystemIdentifier(mountpoint=str(containers_dir)))
         cont.used_bytes.value, cont.inodes_used.value = used, inodes
