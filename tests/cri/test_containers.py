@@ -158,7 +158,13 @@ async def test_full_lifecycle_with_logs_exec_and_filters(stack: Any, test_images
         == grpc.StatusCode.NOT_FOUND
     await rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     await rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
-    await im.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)))
+    other = ref.rsplit(":", 1)[0] + ":second-tag"
+    _node.images.tag(ref, other)
+    listed_img = (await im.ListImages(pb.ListImagesRequest(filter=pb.ImageFilter(image=pb.ImageSpec(image=other)))))
+    assert [i.id for i in listed_img.images] == [image_ref] and sorted(listed_img.images[0].repo_tags) == \
+        sorted([ref, other])
+    await im.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=other)))  # one tag takes the image
+    assert (await im.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=ref)))).HasField("image") is False
     await im.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)))  # idempotent
     assert (await im.ListImages(pb.ListImagesRequest())).images == []
 
