@@ -105,7 +105,8 @@ class BlobCache:
         self._update_size_metrics()
         # Build the configured upstreams' clients now: creating an httpx client loads the CA
         # bundle (~100+ ms), which would otherwise land on the first pull.
-        for registry in {*self.settings.upstreams, normalize_registry(self.settings.default_registry)}:
+        configured = {normalize_registry(k) for k in self.settings.upstreams}
+        for registry in configured | {normalize_registry(self.settings.default_registry)}:
             await asyncio.to_thread(self.upstreams.get, registry)
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="blob-access-flush"))
         self._tasks.append(asyncio.create_task(self._evict_loop(), name="blob-eviction"))

@@ -43,7 +43,7 @@ from app.errors import (
     Unavailable,
     VappError,
 )
-from app.oci.reference import DOCKER_HUB, DOCKER_HUB_API
+from app.oci.reference import DOCKER_HUB, DOCKER_HUB_API, normalize_registry
 
 log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -314,11 +314,13 @@ class UpstreamPool:
     def __init__(self, settings: BlobSettings) -> None:
         self.settings = settings
         self.tokens = auth.TokenCache()
+        # Keys as operators write them ("Docker.io", "index.docker.io") name the same registry.
+        self._configured = {normalize_registry(k): v for k, v in settings.upstreams.items()}
         _tune_httpcore()
         self._upstreams: dict[str, Upstream] = {}
 
     def config_for(self, registry: str) -> UpstreamSettings:
-        return self.settings.upstreams.get(registry) or UpstreamSettings()
+        return self._configured.get(normalize_registry(registry)) or UpstreamSettings()
 
     def get(self, registry: str) -> Upstream:
         up = self._upstreams.get(registry)
@@ -332,7 +334,7 @@ class UpstreamPool:
         endpoints = []
         for url in cfg.mirrors:
             # A mirror authenticates with its own entry (by host) if configured, never with ours.
-            mcfg = self.settings.upstreams.get(_host_of(url)) or UpstreamSettings(
+            mcfg = self._configured.get(normalize_registry(_host_of(url))) or UpstreamSettings(
                 insecure=cfg.insecure, ca_bundle=cfg.ca_bundle,
                 connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
             )  # fmt: skip
