@@ -31,7 +31,20 @@ class Resolved:
     digest: str
 
 
+def _monotonic(progress: Progress) -> Progress:
+    """A download that restarts from 0 (upstream without Range) must not move a progress bar back."""
+    best = [0]
+
+    def report(done: int, total: int | None) -> None:
+        best[0] = max(best[0], done)
+        progress(best[0], total)
+
+    return report
+
+
 class CacheFetcher:
+    """Implements ``app.runtime.images.fetch.Fetcher`` over the node's cache (wiring joins them)."""
+
     def __init__(self, cache: BlobCache) -> None:
         self.cache = cache
 
@@ -49,7 +62,7 @@ class CacheFetcher:
         handle = await self.cache.open_blob(ref.registry, ref.repository, digest)
         try:
             if handle.flight is not None:
-                await handle.flight.wait_done(progress)
+                await handle.flight.wait_done(_monotonic(progress) if progress else None)
             elif progress is not None:
                 progress(handle.size or 0, handle.size)
         finally:
