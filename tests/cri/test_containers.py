@@ -320,6 +320,7 @@ async def test_container_events(stack: Any, test_images: Any) -> None:
                                                       pb.CONTAINER_STOPPED_EVENT, pb.CONTAINER_DELETED_EVENT]
     assert all(e.container_id == cid for e in got)
     assert got[1].containers_statuses[0].state == pb.CONTAINER_RUNNING
+    assert all(e.pod_sandbox_status.id == pod_id for e in got)
 
 
 async def test_containers_share_the_pods_namespaces(stack: Any, test_images: Any) -> None:

@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 import grpc
 from cri_api.v1 import api_pb2 as pb
 
-from app.api.cri import bundle, stats
+from app.api.cri import bundle, convert, stats
 from app.api.cri import container_convert as cc
 from app.api.cri.errors import cri_rpc, cri_stream
 from app.api.cri.events import EventHub
@@ -266,10 +266,11 @@ class ContainerRpcs:
             yield event
 
     async def _feed_events(self, hub: EventHub) -> None:
-        """Container service events → CRI events, for CRI containers only (apps' are not ours)."""
+        """Container service events → CRI events, for CRI containers only (apps' are not ours),
+        with the container's status and its pod's status as kubelet's evented PLEG reads them."""
         if self.node.containers is None:
             return
-        ours: set[str] = set(self.index.items)
+        pod_of: dict[str, str] = {c.id: c.pod_sandbox_id for c in self.index.items.values()}
         async for ev in self.node.containers.events():
             kind = _EVENT.get(ev.type)
             if kind is None:
@@ -282,14 +283,17 @@ class ContainerRpcs:
                     continue
                 if not cc.is_cri(info):
                     continue
-                ours.add(info.id)
+                pod_of[info.id] = info.annotations[cc.POD_KEY]
                 statuses = [cc.container_status(info)]
-            elif ev.container_id not in ours:
+            if ev.container_id not in pod_of:
                 continue
-            else:
-                ours.discard(ev.container_id)
-            hub.publish(pb.ContainerEventResponse(container_id=ev.container_id, container_event_type=kind,
-                                                  created_at=int(ev.at * 1e9), containers_statuses=statuses))
+            pod_id = pod_of.pop(ev.container_id) if ev.type == "deleted" else pod_of[ev.container_id]
+            event = pb.ContainerEventResponse(container_id=ev.container_id, container_event_type=kind,
+                                              created_at=int(ev.at * 1e9), containers_statuses=statuses)
+            if self.node.pods is not None:
+                with contextlib.suppress(NotFound):
+                    event.pod_sandbox_status.CopyFrom(convert.sandbox_status(self.node.pods.get(pod_id)))
+            hub.publish(event)
 
 
 def _ensure_mount_sources(mounts: Any) -> None:
@@ -343,8 +347,6 @@ def _stats(info: ContainerInfo) -> pb.ContainerStats:
 
 
 def _pod_stats(pod: Any, containers: list[pb.ContainerStats]) -> pb.PodSandboxStats:
-    from app.api.cri import convert
-
     attrs = pb.PodSandboxAttributes(id=pod.id, metadata=convert.metadata(pod.spec), labels=pod.spec.labels,
                                     annotations=pod.spec.annotations)
     now = time.time_ns()
