@@ -88,6 +88,10 @@ class RuntimeSettings(Section):
     stop_grace_seconds: float = 10.0
     log_max_bytes: int = 10 * 1024**2
     log_max_files: int = 3
+    # Parent cgroup of containers with limits. Rootless: point it at a delegated subtree
+    # (a dir the user owns in each controller); otherwise limits are skipped with a warning.
+    cgroup_parent: str = "/vapp"
+    subordinate_ids: bool = True  # rootless: map /etc/subuid ranges (newuidmap) besides the user
 
 
 class NetworkSettings(Section):

@@ -25,7 +25,8 @@ from app.state.models.containers import ContainerRow
 Lookup = Callable[[str], ContainerRow]
 
 
-def make_bundle(req: CreateRequest, directory: Path, lookup: Lookup) -> tuple[str, dict[str, Any]]:
+def make_bundle(req: CreateRequest, directory: Path, lookup: Lookup, *, cgroup_parent: str = "/vapp",
+                subordinate_ids: bool = True) -> tuple[str, dict[str, Any]]:
     """The bundle to run: the caller's (``req.bundle``) or one generated under ``directory``."""
     if req.bundle:
         try:
@@ -40,7 +41,9 @@ def make_bundle(req: CreateRequest, directory: Path, lookup: Lookup) -> tuple[st
     spec = replace(req.spec, rootfs=os.path.abspath(req.rootfs))
     uid, gid = os.geteuid(), os.getegid()
     spec = _resolve_network(spec)
-    if uid != 0 and not spec.uid_maps:
+    if spec.cgroup_parent == "/vapp" and cgroup_parent != "/vapp":  # the spec kept the default
+        spec = replace(spec, cgroup_parent=cgroup_parent)
+    if uid != 0 and not spec.uid_maps and subordinate_ids:
         spec = replace(spec, uid_maps=subid_maps("/etc/subuid", uid), gid_maps=subid_maps("/etc/subgid", gid))
     cfg = specgen.build_config(spec, req.image_config, passwd=read_rootfs_file(spec.rootfs, "etc/passwd"),
                                group=read_rootfs_file(spec.rootfs, "etc/group"), host_uid=uid, host_gid=gid)

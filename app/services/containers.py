@@ -170,7 +170,8 @@ class ContainerService:
         return self._info(row)
 
     def _bundle(self, req: CreateRequest, directory: Path) -> tuple[str, dict[str, Any]]:
-        return make_bundle(req, directory, self._row)
+        return make_bundle(req, directory, self._row, cgroup_parent=self.settings.cgroup_parent,
+                           subordinate_ids=self.settings.subordinate_ids)
 
     async def _spawn(self, row: ContainerRow, backend: Runtime, tty: bool) -> None:
         request = {"id": row.id, "bundle": row.bundle, "state_root": backend.root, "shims_root": self.shims_root,
@@ -326,6 +327,14 @@ class ContainerService:
                 await self.network.teardown(row.id)
             self._forget(row)
         self._emit("deleted", row.id)
+
+    async def reopen_log(self, container_id: str) -> None:
+        """CRI ReopenContainerLog: the shim closes and reopens its log file (SIGUSR1)."""
+        row = self._refresh(self._row(container_id))
+        if row.status != ContainerStatus.RUNNING.value or not row.shim_pid:
+            raise FailedPrecondition(f"container {row.id!r} is {row.status}, not running")
+        if oci_state.process_alive(row.shim_pid, row.shim_start):
+            os.kill(row.shim_pid, signal.SIGUSR1)
 
     # --- exec ---------------------------------------------------------------------------------
     async def exec_stream(self, container_id: str, argv: list[str], *, env: list[str] | None = None,

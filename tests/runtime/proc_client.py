@@ -16,8 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class ServiceProc:
-    def __init__(self, state_dir: Path, run_dir: Path, user: UnprivUser | None = None) -> None:
-        argv = [sys.executable, "-m", "tests.runtime.service_proc", str(state_dir), str(run_dir)]
+    def __init__(self, state_dir: Path, run_dir: Path, user: UnprivUser | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
+        argv = [sys.executable, "-m", "tests.runtime.service_proc", str(state_dir), str(run_dir),
+                json.dumps(settings or {})]
         kw: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "bufsize": 1}
         if user is None:
             env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -3,7 +3,7 @@
 One JSON request per line, one JSON reply per line (``{"ok": ...}`` or ``{"error": kind, "message"}``).
 Used to kill -9 "the daemon" and restart it, and to run the service as the unprivileged user.
 
-    python -m tests.runtime.service_proc STATE_DIR RUN_DIR
+    python -m tests.runtime.service_proc STATE_DIR RUN_DIR ['{"cgroup_parent": ...}']
 """
 
 from __future__ import annotations
@@ -62,11 +62,11 @@ async def handle(svc: ContainerService, req: dict[str, Any]) -> Any:
     raise ValueError(f"unknown op {op}")
 
 
-async def main(state_dir: str, run_dir: str) -> None:
+async def main(state_dir: str, run_dir: str, overrides: dict[str, Any]) -> None:
     forkserver = start_forkserver()
     db = open_database(f"sqlite:///{Path(state_dir) / 'vapp.db'}")
     svc = ContainerService(db, forkserver, state_dir=Path(state_dir), run_dir=Path(run_dir),
-                           settings=RuntimeSettings(stop_grace_seconds=2.0))
+                           settings=RuntimeSettings(**{"stop_grace_seconds": 2.0, **overrides}))
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -80,4 +80,4 @@ async def main(state_dir: str, run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}))

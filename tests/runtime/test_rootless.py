@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.runtime.kernel import cgroups
 from tests.helpers.users import UnprivUser, run_as
 from tests.runtime.conftest import log_lines, user_rootfs, vapp_oci
 from tests.runtime.proc_client import ServiceProc
@@ -99,3 +101,30 @@ def test_rootless_vapp_oci_lifecycle(user_tmp: Path, urootfs: Path, unpriv_user:
     assert oci("kill", "c1", "KILL").returncode == 0
     assert oci("delete", "--force", "c1").returncode == 0
     assert oci("state", "c1").returncode != 0
+
+
+@pytest.fixture
+def delegated_cgroup(unpriv_user: UnprivUser) -> Iterator[str]:
+    """What an administrator does once: a subtree per v1 controller owned by the user."""
+    name = f"vrt-deleg-{uuid.uuid4().hex[:6]}"
+    dirs = [Path("/sys/fs/cgroup", ctrl, name) for ctrl in cgroups.V1_CONTROLLERS]
+    for d in dirs:
+        d.mkdir()
+        for entry in [d, *d.iterdir()]:
+            os.chown(entry, unpriv_user.uid, unpriv_user.gid)
+    yield f"/{name}"
+    cgroups.remove([str(p) for d in dirs for p in d.iterdir() if p.is_dir()] + [str(d) for d in dirs])
+
+
+def test_rootless_memory_limit_in_delegated_subtree(delegated_cgroup: str, user_tmp: Path, urootfs: Path,
+                                                    unpriv_user: UnprivUser) -> None:
+    svc = ServiceProc(user_tmp / "state", user_tmp / "run", unpriv_user, {"cgroup_parent": delegated_cgroup})
+    try:
+        code, _, _ = run(svc, urootfs, resources={"memory_bytes": 32 * 1024 * 1024},
+                         command=["sh", "-c", "dd if=/dev/zero of=/dev/null bs=200M count=1"])
+        assert code == 137  # OOM-killed inside the user's own cgroup
+        code, _, err = run(svc, urootfs, resources={"pids_limit": 10}, command=[
+            "sh", "-c", "i=0; while [ $i -lt 20 ]; do sleep 5 & i=$((i+1)); done"])
+        assert any("fork" in line for line in err), err  # the pids limit holds
+    finally:
+        svc.close()
