@@ -65,9 +65,7 @@ class Writer(Protocol):
 class ContentStore(Protocol):
     """What the cache and the image store need from a content store."""
 
-    def writer(
-        self, ref: str, expected_digest: str | None = None, expected_size: int | None = None
-    ) -> Writer: ...
+    def writer(self, ref: str, expected_digest: str | None = None, expected_size: int | None = None) -> Writer: ...
     def info(self, digest: str) -> ContentInfo: ...
     def exists(self, digest: str) -> bool: ...
     def path(self, digest: str) -> Path: ...
@@ -109,7 +107,9 @@ class LocalContentStore:
         algo, _, hexpart = digest.partition(":")
         if algo != "sha256":
             raise InvalidArgument(
-                f"content store holds sha256 blobs only, not {algo}", category=Category.IMAGE
+                f"content store holds sha256 blobs only, not {algo}",
+                category=Category.IMAGE,
+                details={"digest": digest},
             )
         return self.blobs / hexpart
 
@@ -159,9 +159,7 @@ class LocalContentStore:
         return True
 
     # --- ingest ------------------------------------------------------------------------
-    def writer(
-        self, ref: str, expected_digest: str | None = None, expected_size: int | None = None
-    ) -> Writer:
+    def writer(self, ref: str, expected_digest: str | None = None, expected_size: int | None = None) -> Writer:
         """Open (or resume) the ingest named ``ref``. Raises AlreadyExists if another writer holds it."""
         if not ref:
             raise InvalidArgument("ingest ref must not be empty", category=Category.IMAGE)

@@ -65,6 +65,7 @@ async def test_ranges_warm_and_cold(tmp_path: Path, registry: RegistryInfo, test
         ("/v2/test/busybox/manifests/-tag", 400, "TAG_INVALID"),
         ("/v2/test/busybox/blobs/sha256:1234", 400, "DIGEST_INVALID"),
         ("/v2/test/busybox/blobs/md5:" + "0" * 32, 400, "DIGEST_INVALID"),
+        ("/v2/test/busybox/blobs/sha512:" + "0" * 128, 400, "DIGEST_INVALID"),
         ("/v2/test/busybox/blobs/sha256:" + "0" * 64, 404, "BLOB_UNKNOWN"),
         ("/v2/test/busybox/manifests/sha256:" + "0" * 64, 404, "MANIFEST_UNKNOWN"),
         ("/v2/test/nosuch/manifests/latest", 404, "MANIFEST_UNKNOWN"),
