@@ -159,3 +159,48 @@ async def test_apply_intent_streams_its_progress(svc_factory) -> None:  # type: 
     kinds = [e["event"] for e in seen]
     assert kinds[0] == "intent" and "pki_created" in kinds and kinds[-1] == "started"
     assert all(e.get("component", "etcd.").startswith("etcd.") for e in seen)
+
+
+def test_cli_local_plan_apply_certs(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from app.bootstrap.driver import HostProcessDriver
+    from tests.helpers.users import REPO_ROOT
+
+    state = tmp_path / "state"
+    f = tmp_path / "intent.yaml"
+    f.write_text(yaml.safe_dump(etcd_intent()))
+    env = {**os.environ, "VAPP_BOOTSTRAP__DRIVER": "host", "VAPP_BOOTSTRAP__NODE_NAME": "node1",
+           "VAPP_RUN_DIR": str(tmp_path / "run")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app.cli_bootstrap", *args, "--local", "--state-dir", str(state)],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=90)
+
+    try:
+        out = cli("bootstrap", "plan", "-f", str(f))
+        assert out.returncode == 0 and "start    etcd.etcd" in out.stdout and "6 change(s)" in out.stdout, out
+        out = cli("bootstrap", "apply")
+        assert out.returncode == 0 and "etcd.etcd" in out.stdout and "running" in out.stdout, out
+        from app.bootstrap.pki import Pki
+
+        pki = Pki(state / "pki")
+        before = {c.name: c.serial for c in pki.list()}
+        out = cli("certs", "renew", "etcd-server", "--json")
+        assert json.loads(out.stdout) == {"renewed": ["etcd-server"]}
+        after = {c.name: c.serial for c in pki.list()}
+        assert after["etcd-server"] != before["etcd-server"] and after["etcd-ca"] == before["etcd-ca"]
+        assert "restart  etcd.etcd" in cli("bootstrap", "plan").stdout  # it reads the renewed cert
+        bad = cli("certs", "renew", "etcd-ca")
+        assert bad.returncode == 2 and "never re-issued" in bad.stderr
+    finally:
+        driver = HostProcessDriver(state / "bootstrap" / "host")
+
+        async def cleanup() -> None:
+            for key in await driver.keys():
+                await driver.remove(key)
+
+        asyncio.run(cleanup())
