@@ -2,12 +2,11 @@
 
 Run: ``.venv/bin/python bench/vappc_startapp.py [--runs 50]``
 
-* vappc: a local docker-registry holding the suite's busybox image; the real app
-  stack (image service, overlay rootfs, native runtime, see tests/vappc/stack.py)
-  behind a ``VappcServer``; the client sends ``StartApp`` for a fresh app id
-  (``sleep 300``, image already pulled: cached) and times until the ``AppHandle``
-  (the app is Running). Each app is stopped with no grace afterwards, outside
-  the timing.
+* vappc: a local docker-registry holding the suite's busybox image; a real
+  ``vapp-core daemon`` (subprocess, temp paths, pulling from that registry);
+  the blocking client sends ``StartApp`` for a fresh app id (``sleep 300``,
+  image already pulled: cached) and times until the ``AppHandle`` (the app is
+  Running). Each app is stopped with no grace afterwards, outside the timing.
 * crun: the same busybox rootfs unpacked into a bundle once; each run times
   ``crun run -d`` (create + start, detached) of ``sleep 300``, then kills and
   deletes outside the timing. crun 1.8 refuses this machine's hybrid cgroups, so
@@ -20,7 +19,6 @@ Prints p50/p95 of both and the ratio.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -31,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,36 +40,25 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def vappc_runs(runs: int, work: Path, registry_url: str, ref: str) -> list[float]:
-    from app.config import VappcSettings
-    from app.runtime.forkserver import start_forkserver
-    from app.vappc.client import AsyncClient
-    from app.vappc.server import VappcServer
-    from tests.vappc.stack import AppStack
+def vappc_runs(runs: int, work: Path, registry: Any, ref: str) -> list[float]:
+    """StartApp→Running through a real ``vapp-core daemon`` (subprocess) on temp paths."""
+    from app.vappc.client import Client
+    from tests.helpers.daemon import DaemonProcess
 
-    forkserver = start_forkserver()
-    stack = AppStack(work / "stack", registry_url, forkserver)
-    (work / "stack").mkdir()
-    apps = await stack.build()
-    sock = work / "vappc.sock"
-    server = VappcServer(VappcSettings(socket=sock), apps)
-    await server.start()
+    cfg = work / "vapp.toml"
+    cfg.write_text(f'[blob.upstreams."{registry.host}"]\nurl = "{registry.url}"\n')
     times: list[float] = []
-    try:
-        async with AsyncClient(str(sock)) as c:
-            warm = f"warm-{uuid.uuid4().hex[:6]}"
-            await c.start_app({"app_id": warm, "name": warm, "image": ref, "command": ["sleep", "300"]})
-            await c.stop_app(warm, grace=0)
-            for i in range(runs):
-                app_id = f"b{i}-{uuid.uuid4().hex[:6]}"
-                t0 = time.perf_counter()
-                await c.start_app({"app_id": app_id, "name": app_id, "image": ref, "command": ["sleep", "300"]})
-                times.append(time.perf_counter() - t0)
-                await c.stop_app(app_id, grace=0)
-    finally:
-        await server.stop(1.0)
-        await stack.destroy()
-        forkserver.close()
+    with DaemonProcess(work / "daemon", args=["--config", str(cfg)]) as d, \
+            Client(str(d.vappc_socket), timeout=120) as c:
+        warm = f"warm-{uuid.uuid4().hex[:6]}"
+        c.start_app({"app_id": warm, "name": warm, "image": ref, "command": ["sleep", "300"]})
+        c.stop_app(warm, grace=0)
+        for i in range(runs):
+            app_id = f"b{i}-{uuid.uuid4().hex[:6]}"
+            t0 = time.perf_counter()
+            c.start_app({"app_id": app_id, "name": app_id, "image": ref, "command": ["sleep", "300"]})
+            times.append(time.perf_counter() - t0)
+            c.stop_app(app_id, grace=0)
     return times
 
 
@@ -129,7 +117,7 @@ def main() -> None:
         image = cached_images()["busybox"]
         with running_registry(work / "registry") as reg:
             pushed = push(image, reg.host)
-            vappc = asyncio.run(vappc_runs(args.runs, work, reg.url, pushed.ref))
+            vappc = vappc_runs(args.runs, work, reg, pushed.ref)
         crun = crun_runs(crun_bundle(Path(image.oci_layout), work / "bundle"), args.runs, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
