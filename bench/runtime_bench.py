@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,15 +78,6 @@ def time_cli(argv_for: Callable[[str], list[str]], n: int) -> list[float]:
     return out
 
 
-async def time_async(fn: Callable[[], Awaitable[None]], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        await fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def pss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -97,20 +88,28 @@ def pss_kb(pid: int) -> int:
     return 0
 
 
-async def bench_service(base: Path, rootfs: Path, n: int, idle: int) -> tuple[list[float], float, float]:
+async def bench_all(base: Path, rootfs: Path, bundle: Path, n: int, idle: int,
+                    cli: dict[str, Callable[[str], list[str]]]) -> tuple[dict[str, list[float]], float, float]:
+    """Round-robin over the peers (one run each per round), so load swings hit all of them alike."""
     fs = start_forkserver()
     db = open_database(f"sqlite:///{base / 'vapp.db'}")
     svc = ContainerService(db, fs, state_dir=base / "state", run_dir=base / "run", settings=RuntimeSettings())
 
-    async def one() -> None:
-        info = await svc.create(CreateRequest(spec=ContainerSpec(id=f"s{uuid.uuid4().hex[:10]}",
-                                                                 command=("/bin/true",)), rootfs=str(rootfs)))
+    async def service_once() -> None:  # the very same bundle as the command-line peers
+        cid = f"s{uuid.uuid4().hex[:10]}"
+        info = await svc.create(CreateRequest(spec=ContainerSpec(id=cid), bundle=str(bundle)))
         await svc.start(info.id)
         await svc.wait(info.id, 10)
         await svc.remove(info.id)
 
-    await one()  # warm the fork server
-    times = await time_async(one, n)
+    await service_once()  # warm the fork server
+    results: dict[str, list[float]] = {"native (service)": [], **{name: [] for name in cli}}
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await service_once()
+        results["native (service)"].append(time.perf_counter() - t0)
+        for name, argv_for in cli.items():
+            results[name] += time_cli(argv_for, 1)
     ids = []
     for i in range(idle):
         info = await svc.create(CreateRequest(spec=ContainerSpec(id=f"idle{i}-{uuid.uuid4().hex[:6]}",
@@ -125,7 +124,7 @@ async def bench_service(base: Path, rootfs: Path, n: int, idle: int) -> tuple[li
         await svc.remove(i, force=True)
     await svc.close()
     fs.close()
-    return times, per_container, forkserver
+    return results, per_container, forkserver
 
 
 def fmt(times: list[float]) -> str:
@@ -153,16 +152,17 @@ def main() -> None:
         bundle = make_bundle(base, rootfs)
         n = args.n
         print(f"runtime bench: /bin/true, rootless (uid {os.geteuid()}), {n} runs each, create+start+wait+delete")
-        service_times, shim_mb, fs_mb = asyncio.run(bench_service(base, rootfs, n, args.idle))
         oci = str(REPO / ".venv/bin/vapp-oci")
-        results = {
-            "native (service)": service_times,
-            "native (vapp-oci run)": time_cli(lambda c: [oci, "--root", str(base / "oci"), "run", "-b", str(bundle),
-                                                         c], n),
-            "crun run": time_cli(lambda c: ExternalRuntime("crun", str(base / "crun")).argv("run", "-b", str(bundle),
-                                                                                            c), n),
-            "runc run": time_cli(lambda c: ["runc", "--root", str(base / "runc"), "run", "-b", str(bundle), c], n),
+        # Bytecode caching as on an installed system (this environment may disable it).
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        os.environ["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
+        time_cli(lambda c: [oci, "--root", str(base / "oci"), "run", "-b", str(bundle), c], 1)  # warm-up
+        cli = {
+            "native (vapp-oci run)": lambda c: [oci, "--root", str(base / "oci"), "run", "-b", str(bundle), c],
+            "crun run": lambda c: ExternalRuntime("crun", str(base / "crun")).argv("run", "-b", str(bundle), c),
+            "runc run": lambda c: ["runc", "--root", str(base / "runc"), "run", "-b", str(bundle), c],
         }
+        results, shim_mb, fs_mb = asyncio.run(bench_all(base, rootfs, bundle, n, args.idle, cli))
         for name, times in results.items():
             print(f"  {name:24s} {fmt(times)}")
         med = {k: statistics.median(v) for k, v in results.items()}
