@@ -1,10 +1,11 @@
 """The container process: everything after pivot_root up to execve (runs in the container init).
 
-Order (runc's)::
+Order (runc's; :mod:`app.runtime.oci.init` calls these)::
 
-    sysctl ─► hostname/domainname ─► rlimits (clamped) ─► oom_score_adj (clamped) ─►
+    sysctl ─► [masked/readonly paths] ─► hostname/domainname ─► rlimits (clamped) ─►
+    oom_score_adj (clamped) ─► executable lookup ─► [wait for start] ─► [seccomp if no nnp] ─►
     drop bounding set ─► keepcaps ─► setgroups/setgid/setuid ─► umask, cwd ─►
-    capset + ambient ─► no_new_privs ─► [wait for start] ─► execve (127 if not found)
+    capset + ambient ─► no_new_privs ─► [seccomp] ─► execve (127 if not found)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import resource
 from typing import Any
 
-from app.runtime.kernel import PR_SET_KEEPCAPS, PR_SET_NO_NEW_PRIVS, Kernel, caps
+from app.runtime.kernel import PR_SET_KEEPCAPS, Kernel, caps
 
 RLIMITS: dict[str, int] = {
     name: getattr(resource, name) for name in (
@@ -132,34 +133,6 @@ def find_executable(argv0: str, env: list[str], cwd: str) -> str:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise SetupError(f'exec: "{argv0}": executable file not found in $PATH', 127)
-
-
-def prepare(kernel: Kernel, cfg: dict[str, Any]) -> tuple[str, list[str], list[str]]:
-    """Apply the process settings; return (path, argv, env) ready for execve."""
-    linux = cfg.get("linux") or {}
-    proc = cfg["process"]
-    apply_sysctl(kernel, linux.get("sysctl") or {})
-    if cfg.get("hostname"):
-        kernel.sethostname(cfg["hostname"])
-    if cfg.get("domainname"):
-        kernel.setdomainname(cfg["domainname"])
-    apply_rlimits(proc.get("rlimits") or [])
-    apply_oom_score_adj(kernel, proc.get("oomScoreAdj"))
-    drop_bounding(kernel, proc.get("capabilities"))
-    switch_user(kernel, proc.get("user") or {}, keep_caps=True)
-    cwd = proc.get("cwd") or "/"
-    try:
-        os.chdir(cwd)
-    except OSError as exc:
-        raise SetupError(f"chdir to cwd ({cwd!r}) set in config.json failed: {exc.strerror}") from exc
-    apply_capabilities(kernel, proc.get("capabilities"))
-    if proc.get("noNewPrivileges"):
-        kernel.prctl(PR_SET_NO_NEW_PRIVS, 1)
-    args = list(proc.get("args") or [])
-    if not args:
-        raise SetupError("process.args must not be empty")
-    env = list(proc.get("env") or [])
-    return find_executable(args[0], env, cwd), args, env
 
 
 def execute(path: str, args: list[str], env: list[str]) -> None:
