@@ -104,6 +104,13 @@ class ContainerRunner(Protocol):
     async def exec(self, container_id: str, argv: list[str], timeout: float) -> ExecResult: ...
 
 
+def exit_reason(code: int) -> str:
+    """``exited with code 3``; shells' 128+N convention read as a signal death."""
+    if 128 < code < 160:
+        return f"killed by signal {code - 128} (exit code {code})"
+    return f"exited with code {code}"
+
+
 def container_id_of(app_id: str) -> str:
     return f"vapp-app-{app_id}"
 
@@ -319,7 +326,7 @@ class AppService:
         elif status.exit_code is None:
             observed = AppStatus.failed("the app's process is gone (exit code unknown)")
         else:
-            observed = AppStatus.failed(f"exited with code {status.exit_code}", status.exit_code)
+            observed = AppStatus.failed(exit_reason(status.exit_code), status.exit_code)
         await self.records.finish(record.app_id, observed)
         return observed
 
