@@ -8,6 +8,10 @@ each line to the call waiting for that id::
       ▲                                    │
       └── queue[id] ◄── reader task ◄──────┘  Progress*, then Ok | Error
 
+Progress reaches callers either as a callback (``start_app(spec, progress=fn)``)
+or as an async iterator (``async for msg in client.stream("StartApp", data)``:
+``ProgressMsg`` items, then the ``OkMsg``).
+
 Failures arrive as :class:`RemoteError` (a ``VappError`` carrying the daemon's
 ``category``, ``phase`` and ``retryable``); a dead connection is
 :class:`ConnectionLost` (retryable, category Io); an expired timeout is
