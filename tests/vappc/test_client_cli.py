@@ -135,3 +135,13 @@ async def test_cli_commands(served: tuple) -> None:
     assert rc == 1 and "Config" in err and "x: unknown field" in err
     rc, _, err = await _cli(path + ".missing", "ping")
     assert rc == 75 and "cannot connect" in err
+
+
+async def test_async_iterator_form(served: tuple) -> None:
+    backend, path = served
+    backend.progress_count = 5
+    async with AsyncClient(path) as c:
+        msgs = [m async for m in c.stream("StartApp", {"spec": SPEC})]
+    kinds = [type(m).__name__ for m in msgs]
+    assert kinds == ["ProgressMsg"] * 6 + ["OkMsg"]
+    assert msgs[-1].data == {"app_id": "a1", "name": "one"}
