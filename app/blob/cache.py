@@ -92,6 +92,7 @@ class BlobCache:
         self._access: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._evict_wakeup = asyncio.Event()
+        self._evict_lock = asyncio.Lock()
         self.manifests = Manifests(self)
         self._db_lock = asyncio.Lock()
 
@@ -282,18 +283,23 @@ class BlobCache:
         return bool(self.in_use is not None and self.in_use(digest))
 
     async def evict_now(self) -> list[tuple[str, str]]:
-        plan = plan_eviction(
-            self.blobs.values(),
-            quota_bytes=self.settings.quota_bytes,
-            ttl_seconds=self.settings.ttl_seconds,
-            now=time.time(),
-            protected=self.protected,
-        )
-        await self._drop([d for d, _ in plan], [r for _, r in plan])
+        async with self._evict_lock:  # the background loop and an admin call never plan at once
+            plan = plan_eviction(
+                self.blobs.values(),
+                quota_bytes=self.settings.quota_bytes,
+                ttl_seconds=self.settings.ttl_seconds,
+                now=time.time(),
+                protected=self.protected,
+            )
+            await self._drop([d for d, _ in plan], [r for _, r in plan])
         return plan
 
     async def evict(self, *, digest: str | None = None, repository: str | None = None) -> list[str]:
         """Manual eviction by digest or by repository (``registry/repo``); protected blobs stay."""
+        async with self._evict_lock:
+            return await self._evict_manual(digest, repository)
+
+    async def _evict_manual(self, digest: str | None, repository: str | None) -> list[str]:
         if digest:
             validate_digest(digest)
             if digest not in self.blobs and not self.store.exists(digest):

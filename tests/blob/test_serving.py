@@ -135,8 +135,7 @@ async def test_eviction_quota_pins_and_admin(tmp_path: Path, registry: RegistryI
         pinned = img.layers[0]
         c.service.pin(pinned)
         c.cache.settings.quota_bytes = 1  # everything but the pinned blob must go
-        plan = await c.service.evict_to_quota()
-        assert {d for d, _ in plan} == set(img.layers[1:])
+        await c.service.evict_to_quota()  # (the background loop may take part of it: judge the result)
         assert c.store.exists(pinned) and not any(c.store.exists(d) for d in img.layers[1:])
         c.service.unpin(pinned)
         c.cache.settings.quota_bytes = 10**12
