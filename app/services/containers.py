@@ -227,10 +227,13 @@ class ContainerService:
 
     async def _watch_task(self, container_id: str) -> None:
         row = self._row(container_id)
-        alive_pid = row.shim_pid if row.shim_pid and oci_state.process_alive(row.shim_pid, row.shim_start) \
-            else row.pid
-        if alive_pid:
-            await client.wait_pid(alive_pid)
+        while True:  # the shim normally; the init itself if the shim was killed
+            if row.shim_pid and oci_state.process_alive(row.shim_pid, row.shim_start):
+                await client.wait_pid(row.shim_pid)
+            elif row.pid and oci_state.process_alive(row.pid, row.pid_start):
+                await client.wait_pid(row.pid)
+            else:
+                break
         async with self._lock(container_id):  # after a start in progress has emitted "started"
             self._record_exit(container_id)
 

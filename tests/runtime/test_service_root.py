@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -203,3 +206,41 @@ async def test_external_runtimes_same_bundle(service: ContainerService, rootfs: 
     assert log_lines(info.log_path, "stdout") == ["via-sh"]
     await service.remove(info.id)
     assert service.backends[runtime].state(info.id) is None
+
+
+async def test_exec_tty_and_stdin(service: ContainerService, rootfs: Path) -> None:
+    info = await service.create(CreateRequest(spec=ContainerSpec(id=cid(), command=("sleep", "30")),
+                                              rootfs=str(rootfs)))
+    await service.start(info.id)
+    session = await service.exec_stream(info.id, ["sh", "-c", "tty; echo on-tty"], tty=True)
+    assert session.pty is not None
+    code = await session.wait(10)
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(session.pty, 4096):
+            data += chunk
+    session.close()
+    assert code == 0 and b"/dev/pts/" in data and b"on-tty" in data
+    session = await service.exec_stream(info.id, ["cat"], stdin=True)
+    loop = asyncio.get_running_loop()
+    assert session.stdin is not None and session.stdout is not None
+    await loop.sock_sendall(session.stdin, b"echoed\n")
+    session.stdin.shutdown(socket.SHUT_WR)
+    assert await session.wait(10) == 0
+    assert await loop.sock_recv(session.stdout, 100) == b"echoed\n"
+    session.close()
+    await service.remove(info.id, force=True)
+
+
+async def test_shim_killed_container_still_tracked(service: ContainerService, rootfs: Path) -> None:
+    info = await service.create(CreateRequest(spec=ContainerSpec(id=cid(), command=("sleep", "30")),
+                                              rootfs=str(rootfs)))
+    await service.start(info.id)
+    row = service._row(info.id)
+    assert row.shim_pid and row.pid
+    os.kill(row.shim_pid, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    assert (await service.inspect(info.id)).status == ContainerStatus.RUNNING  # the init is what counts
+    os.kill(row.pid, signal.SIGKILL)
+    assert await service.wait(info.id, 10) == 255  # nobody left to record the code: "unknown"
+    await service.remove(info.id)

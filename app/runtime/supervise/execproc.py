@@ -60,12 +60,12 @@ def _run(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> int:
     for directory in req.get("cgroups") or []:
         with contextlib.suppress(OSError), open(os.path.join(directory, "cgroup.procs"), "w") as fh:
             fh.write(str(os.getpid()))
-    master = slave = -1
-    if req.get("tty"):
-        master, slave = os.openpty()
     for fd, flag in _open_namespaces(pid):
         kernel.setns(fd, flag)
         os.close(fd)
+    master = slave = -1
+    if req.get("tty"):
+        master, slave = os.openpty()  # from the container's /dev/ptmx: `tty` names it inside
     child = os.fork()
     if child == 0:
         _child(kernel, req, stdio, master, slave)
