@@ -423,3 +423,21 @@ async def test_attach_follows_output(stack: Any, test_images: Any) -> None:
     # the container has exited now: attach needs a running container
     assert await code_of(rt.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True))) \
         == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_configured_sandbox_image_runs_as_infra(stack: Any, test_images: Any) -> None:
+    from app.api.cri.container_convert import INFRA_KEY
+    from app.config import CriSettings
+
+    rt, _im, node, _tmp = stack
+    node.settings = Settings(state_dir=node.settings.state_dir, run_dir=node.settings.run_dir,
+                             cri=CriSettings(sandbox_image=test_images.busybox.ref))
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config("infra")))).pod_sandbox_id
+    infra = [i for i in await node.containers.list() if i.annotations.get(INFRA_KEY) == pod_id]
+    assert len(infra) == 1 and infra[0].started_at  # pulled and started in the pod
+    assert (await rt.ListContainers(pb.ListContainersRequest())).containers == []  # not a CRI container
+    st = await rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
+    assert st.status.state == pb.SANDBOX_READY and list(st.containers_statuses) == []
+    await rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    await rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert [i for i in await node.containers.list() if i.annotations.get(INFRA_KEY) == pod_id] == []

@@ -22,6 +22,7 @@ PREFIX = "io.4lock.cri."
 POD_KEY, NAME_KEY, ATTEMPT_KEY = PREFIX + "pod-id", PREFIX + "name", PREFIX + "attempt"
 IMAGE_KEY, IMAGE_REF_KEY, LOG_KEY = PREFIX + "image", PREFIX + "image-ref", PREFIX + "log-path"
 MOUNTS_KEY = PREFIX + "mounts"
+INFRA_KEY = PREFIX + "infra"  # the pod's sandbox-image container: not a CRI container of its own
 _PROPAGATION = {pb.PROPAGATION_PRIVATE: "rprivate", pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
                 pb.PROPAGATION_BIDIRECTIONAL: "rshared"}
 _STATE = {ContainerStatus.CREATED: pb.CONTAINER_CREATED, ContainerStatus.RUNNING: pb.CONTAINER_RUNNING,
@@ -93,7 +94,7 @@ def visible(d: dict[str, str]) -> dict[str, str]:
 
 
 def is_cri(info: ContainerInfo) -> bool:
-    return POD_KEY in info.annotations
+    return POD_KEY in info.annotations and INFRA_KEY not in info.annotations
 
 
 def _meta(info: ContainerInfo) -> pb.ContainerMetadata:

@@ -67,7 +67,7 @@ class ContainerRpcs:
         if self.node.containers is None:
             return []
         infos = await self.node.containers.list()
-        return [cc.container_status(i) for i in infos if i.annotations.get(cc.POD_KEY) == pod_id]
+        return [cc.container_status(i) for i in infos if cc.is_cri(i) and i.annotations.get(cc.POD_KEY) == pod_id]
 
     async def _list(self, f: Any) -> list[ContainerInfo]:
         infos: list[ContainerInfo] = await self.containers.list()
@@ -83,17 +83,31 @@ class ContainerRpcs:
         pod = pods.get(request.pod_sandbox_id)
         if pod.state is not PodState.READY:
             raise FailedPrecondition(f"pod sandbox {pod.id} is not ready")
-        containers, images = self.containers, self.node.images
+        images = self.node.images
+        self.containers  # noqa: B018 (Unavailable without a container service)
         rootfs_provider = rootfs_for(self.node)
         if images is None or rootfs_provider is None:
             raise Unavailable("image service or container root filesystems are not wired on this node")
         cfg = request.config
         image = images.get(cfg.image.image)
+        cid = await self.create_in_pod(pod, cfg, image)
+        await self.index.refresh(cid)
+        return pb.CreateContainerResponse(container_id=cid)
+
+    async def create_in_pod(self, pod: Any, cfg: pb.ContainerConfig, image: Any,
+                            annotations: dict[str, str] | None = None) -> str:
+        """Create ``cfg`` in ``pod`` from ``image`` (also used for the pod's infra container)."""
+        pods, containers = self.node.pods, self.containers
+        rootfs_provider = rootfs_for(self.node)
+        if rootfs_provider is None:
+            raise Unavailable("container root filesystems are not wired on this node")
         await asyncio.to_thread(_ensure_mount_sources, cfg.mounts)
         cid = secrets.token_hex(32)
         log_path = str(Path(pod.spec.log_directory) / cfg.log_path) if pod.spec.log_directory and cfg.log_path \
             else ""
         spec = cc.container_spec(cid, cfg, pod, pods.pod_files(pod.id), image.id, image.id, log_path)
+        if annotations:
+            spec.annotations.update(annotations)
         rootfs = await rootfs_provider.prepare(cid, image)
         bundle_dir = self.node.settings.state_dir / "cri" / "bundles" / cid
         try:
@@ -115,8 +129,7 @@ class ContainerRpcs:
                 await rootfs_provider.release(cid)
             shutil.rmtree(bundle_dir, ignore_errors=True)
             raise
-        await self.index.refresh(cid)
-        return pb.CreateContainerResponse(container_id=cid)
+        return cid
 
     @cri_rpc
     async def StartContainer(self, request: pb.StartContainerRequest, context: Ctx) -> pb.StartContainerResponse:
@@ -218,7 +231,7 @@ class ContainerRpcs:
         if self.node.containers is None:
             return []
         infos = await self.node.containers.list()
-        return [_stats(i) for i in infos if i.annotations.get(cc.POD_KEY) == pod_id]
+        return [_stats(i) for i in infos if cc.is_cri(i) and i.annotations.get(cc.POD_KEY) == pod_id]
 
     # -- in-container operations --------------------------------------------------------------
     @cri_rpc

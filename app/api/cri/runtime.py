@@ -19,6 +19,7 @@ from app.api.cri import convert
 from app.api.cri.containers import ContainerRpcs
 from app.api.cri.errors import cri_rpc
 from app.api.cri.events import EventHub
+from app.api.cri.infra import start_infra
 from app.api.cri.streaming.portforward import PortForwardRequest
 from app.api.cri.streaming.remotecommand import CommandRequest
 from app.api.cri.streams import LazyStreamServer
@@ -110,6 +111,13 @@ class RuntimeServicer(ContainerRpcs, pb_grpc.RuntimeServiceServicer):
         if handler not in HANDLERS:
             raise InvalidArgument(f"unknown runtime handler {handler!r}", details={"runtime_handler": handler})
         pod = await self.pods.run(convert.pod_spec(request.config, handler))
+        sandbox_image = self.node.settings.cri.sandbox_image
+        if sandbox_image and self.node.containers is not None and self.node.images is not None:
+            try:
+                await start_infra(self, pod, sandbox_image)
+            except BaseException:
+                await self.pods.remove(pod.id)  # takes the infra container too, if it got that far
+                raise
         self.events.sandbox(pod, pb.CONTAINER_CREATED_EVENT)
         self.events.sandbox(pod, pb.CONTAINER_STARTED_EVENT)
         return pb.RunPodSandboxResponse(pod_sandbox_id=pod.id)
