@@ -50,7 +50,20 @@ def _all(env: CheckEnv) -> list[tuple[str, Callable[[], CheckResult]]]:
         ("cgroups", lambda: probes.check_cgroups(env)),
         ("cap_sys_resource", lambda: probes.check_sys_resource(env)),
         ("oci_runtimes", lambda: probes.check_oci_runtimes(env)),
+        ("snapshotter", lambda: _check_snapshotter(env)),
     ]
+
+
+def _check_snapshotter(env: CheckEnv) -> CheckResult:
+    """Which root-filesystem snapshotter the daemon picks under ``runtime.snapshotter = auto``."""
+    import tempfile
+    from pathlib import Path
+
+    from app.runtime.snapshots.select import choose_snapshotter
+
+    name, reason = choose_snapshotter("auto", Path(env.scratch_dir or tempfile.gettempdir()), rootless=env.rootless)
+    fix = "" if name != "copy" else "copy works everywhere but costs a full copy per container"
+    return CheckResult("snapshotter", True, Severity.WARN, f"{name}: {reason}", fix)
 
 
 def run_checks(env: CheckEnv | None = None) -> list[CheckResult]:

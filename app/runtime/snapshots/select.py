@@ -17,6 +17,26 @@ from app.runtime.snapshots.probe import probe_snapshotter
 log = logging.getLogger(__name__)
 
 
+def choose_snapshotter(
+    choice: str, root: Path, *, rootless: bool | None = None, mounts_in_userns: bool = False
+) -> tuple[str, str]:
+    """``(name, reason)`` the node will use: the one decision both the daemon and ``vapp-core check`` show.
+
+    Rootless, overlay and fuse-overlayfs only work when whoever applies the mounts
+    does so inside a user namespace that maps the layers' owners
+    (``mounts_in_userns``). The node's container paths mount root filesystems in
+    the daemon's own namespace today, so a rootless ``auto`` falls back to copy.
+    """
+    rootless = os.geteuid() != 0 if rootless is None else rootless
+    if choice != "auto":
+        return choice, "configured"
+    choice, reason = probe_snapshotter(root, rootless=rootless)
+    if rootless and not mounts_in_userns and choice != "copy":
+        reason = f"{choice} works only inside a user namespace; container root filesystems are mounted outside one"
+        choice = "copy"
+    return choice, reason
+
+
 def build_snapshotter(
     choice: str,
     layers: LayerSnapshots,
@@ -27,20 +47,9 @@ def build_snapshotter(
     rootless: bool | None = None,
     mounts_in_userns: bool = False,
 ) -> tuple[Snapshotter, str]:
-    """``(snapshotter, reason)``; ``auto`` probes (see :func:`probe_snapshotter`).
-
-    Rootless, overlay and fuse-overlayfs only work when whoever applies the mounts
-    does so inside a user namespace that maps the layers' owners
-    (``mounts_in_userns``). The node's container paths mount root filesystems in
-    the daemon's own namespace today, so a rootless ``auto`` falls back to copy.
-    """
+    """``(snapshotter, reason)``, chosen by :func:`choose_snapshotter`."""
+    choice, reason = choose_snapshotter(choice, root, rootless=rootless, mounts_in_userns=mounts_in_userns)
     rootless = os.geteuid() != 0 if rootless is None else rootless
-    reason = "configured"
-    if choice == "auto":
-        choice, reason = probe_snapshotter(root, rootless=rootless)
-        if rootless and not mounts_in_userns and choice != "copy":
-            reason = f"{choice} works only inside a user namespace; container root filesystems are mounted outside one"
-            choice = "copy"
     log.info("snapshotter: %s (%s)", choice, reason)
     if choice == "copy":
         return CopySnapshotter(layers, root, merger=merger, remover=remover), reason
