@@ -83,6 +83,7 @@ async def service(tmp_path: Path, forkserver: ForkServer) -> AsyncIterator[Conta
             await svc.remove(info.id, force=True)
     await svc.close()
     db.close()
+    kill_leftovers(short)
     shutil.rmtree(short, ignore_errors=True)
 
 
@@ -129,3 +130,16 @@ def user_rootfs(busybox: Path, dest: Path, user: Any) -> Path:
     subprocess.run(["cp", "-a", str(busybox), str(dest)], check=True)
     subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(dest)], check=True)
     return dest
+
+
+def kill_leftovers(run_dir: Path) -> None:
+    """After a failed test: SIGKILL every container and shim recorded under ``run_dir``."""
+    for record in Path(run_dir).glob("runtime/shims/*/shim.json"):
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        for pid in (data.get("pid"), data.get("shimPid")):
+            if pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), 9)

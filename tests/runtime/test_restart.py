@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.users import UnprivUser
-from tests.runtime.conftest import user_rootfs
+from tests.runtime.conftest import kill_leftovers, user_rootfs
 from tests.runtime.proc_client import ServiceProc
 
 
@@ -33,6 +33,14 @@ def test_kill9_daemon_then_restore(rootless: bool, busybox_image: tuple[Path, An
     if user is not None:
         rootfs = user_rootfs(busybox_image[0], user_tmp / "rootfs", user)
     state, run = _dirs(user_tmp if user else tmp_path, user)
+    try:
+        _scenario(state, run, rootfs, user)
+    finally:
+        kill_leftovers(run)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _scenario(state: Path, run: Path, rootfs: Path, user: UnprivUser | None) -> None:
     first = ServiceProc(state, run, user)
     try:
         a = first.call("create", spec={"id": "early", "command": ["sh", "-c", "sleep 1; exit 9"]},
@@ -57,4 +65,3 @@ def test_kill9_daemon_then_restore(rootless: bool, busybox_image: tuple[Path, An
         assert second.call("list") == []
     finally:
         second.close()
-        shutil.rmtree(run, ignore_errors=True)

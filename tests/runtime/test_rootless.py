@@ -13,7 +13,7 @@ import pytest
 
 from app.runtime.kernel import cgroups
 from tests.helpers.users import UnprivUser, run_as
-from tests.runtime.conftest import log_lines, user_rootfs, vapp_oci
+from tests.runtime.conftest import kill_leftovers, log_lines, user_rootfs, vapp_oci
 from tests.runtime.proc_client import ServiceProc
 
 
@@ -22,9 +22,12 @@ def svc(user_tmp: Path, unpriv_user: UnprivUser) -> Iterator[ServiceProc]:
     state, run = user_tmp / "state", user_tmp / "run"
     proc = ServiceProc(state, run, unpriv_user)
     yield proc
-    for info in proc.call("list"):
-        proc.call_error("remove", id=info["id"], force=True)
-    proc.close()
+    try:
+        for info in proc.call("list"):
+            proc.call_error("remove", id=info["id"], force=True)
+    finally:
+        proc.close()
+        kill_leftovers(run)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -78,7 +79,11 @@ def test_container_gets_the_filter(rootfs: Path, tmp_path: Path) -> None:
     cfg["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
     (bundle / "config.json").write_text(json.dumps(cfg))
-    result = cli("run", "--bundle", str(bundle), f"sc-{uuid.uuid4().hex[:6]}", check=False, stdin=subprocess.DEVNULL)
+    try:
+        result = cli("run", "--bundle", str(bundle), f"sc-{uuid.uuid4().hex[:6]}", check=False,
+                     stdin=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(cli.root, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0].split() == ["Seccomp:", "2"]
     assert "denied" in result.stdout
