@@ -39,8 +39,9 @@ def pod_object(name: str, namespace: str) -> dict[str, object]:
 
 
 class KubeProxy:
-    def __init__(self, streams: StreamServer) -> None:
+    def __init__(self, streams: StreamServer, container_id: str = "main", pod_id: str = "pod") -> None:
         self.streams = streams
+        self.container_id, self.pod_id = container_id, pod_id
         self.port = 0
         self.seen: list[str] = []
         self.upgrades: list[str] = []  # the Upgrade header of each proxied stream request
@@ -95,10 +96,10 @@ class KubeProxy:
         flag = lambda key: query.get(key, ["false"])[0] in ("true", "1")  # noqa: E731
         request: CommandRequest | PortForwardRequest
         if path.endswith("/exec"):
-            request = CommandRequest("exec", "main", tuple(query.get("command", [])), flag("tty"), flag("stdin"),
-                                     flag("stdout"), flag("stderr"))
+            request = CommandRequest("exec", self.container_id, tuple(query.get("command", [])), flag("tty"),
+                                     flag("stdin"), flag("stdout"), flag("stderr"))
         else:
-            request = PortForwardRequest("pod", tuple(int(p) for p in query.get("ports", [])))
+            request = PortForwardRequest(self.pod_id, tuple(int(p) for p in query.get("ports", [])))
         target = urlsplit(self.streams.url_for(request))
         up_r, up_w = await asyncio.open_connection(target.hostname, target.port)
         first, rest = head.split(b"\r\n", 1)

@@ -48,7 +48,7 @@ async def stack(tmp_path: Path, db: Database, pods: PodService, registry: Any) -
                     containers=containers, images=images)
     node.snapshotter = OverlaySnapshotter(layers, tmp_path / "rootfs")  # type: ignore[attr-defined]
     server = grpc.aio.server()
-    add_cri_servicers(server, node)
+    node.servicers = add_cri_servicers(server, node)  # type: ignore[attr-defined]
     sock = f"/tmp/vt-cri-{uuid.uuid4().hex[:8]}.sock"
     server.add_insecure_port(f"unix:{sock}")
     await server.start()
@@ -441,3 +441,29 @@ async def test_configured_sandbox_image_runs_as_infra(stack: Any, test_images: A
     await rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     await rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     assert [i for i in await node.containers.list() if i.annotations.get(INFRA_KEY) == pod_id] == []
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["spdy", "websocket"])
+async def test_kubectl_exec_into_a_container(stack: Any, test_images: Any, websockets: bool) -> None:
+    from tests.cri.kubeproxy import KubeProxy
+    from tests.cri.test_kubectl import kubectl
+
+    rt, im, node, _tmp = stack
+    ref = test_images.busybox.ref
+    await im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)))
+    pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config("kc", hostname="kc-host")))
+              ).pod_sandbox_id
+    cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="main"), image=pb.ImageSpec(image=ref),
+                             command=["sleep", "1000"])
+    cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
+    await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    await rt.Exec(pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True))  # starts the streaming server
+    streams = node.servicers[0].streams.server
+    proxy = KubeProxy(streams, container_id=cid, pod_id=pod_id)
+    await proxy.start()
+    try:
+        rc, out, err = await kubectl(proxy, "exec", "-i", "mypod", "--", "sh", "-c", "hostname; cat; exit 5",
+                                     websockets=websockets, stdin=b"into the container\n")
+        assert out == b"kc-host\ninto the container\n" and rc == 5, err
+    finally:
+        await proxy.stop()
