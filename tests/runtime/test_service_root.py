@@ -244,3 +244,9 @@ async def test_shim_killed_container_still_tracked(service: ContainerService, ro
     os.kill(row.pid, signal.SIGKILL)
     assert await service.wait(info.id, 10) == 255  # nobody left to record the code: "unknown"
     await service.remove(info.id)
+
+
+async def test_runtime_default_seccomp(service: ContainerService, rootfs: Path) -> None:
+    _code, out, _ = await run(service, rootfs, seccomp="runtime/default", command=(
+        "sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true 2>/dev/null || echo no-unshare"))
+    assert out == ["Seccomp:\t2", "no-unshare"]

@@ -150,3 +150,14 @@ def test_resources_and_stop_signal() -> None:
     assert cfg["annotations"]["org.opencontainers.image.stopSignal"] == "SIGQUIT"
     assert cfg["linux"]["cgroupsPath"] == "/vapp/abc123def4567890"
     assert S.stop_signal(S.ContainerSpec(id="x"), None) == "SIGTERM"
+
+
+def test_seccomp_choices() -> None:
+    assert "seccomp" not in build({"config": {"Cmd": ["sh"]}})["linux"]  # unconfined by default (CRI)
+    cfg = build({"config": {"Cmd": ["sh"]}}, seccomp="runtime/default")
+    assert "mount" in cfg["linux"]["seccomp"]["syscalls"][0]["names"]
+    assert "seccomp" not in build({"config": {"Cmd": ["sh"]}}, seccomp="runtime/default", privileged=True)["linux"]
+    custom = {"defaultAction": "SCMP_ACT_ERRNO"}
+    assert build({"config": {"Cmd": ["sh"]}}, seccomp=custom)["linux"]["seccomp"] == custom
+    with pytest.raises(InvalidArgument):
+        build({"config": {"Cmd": ["sh"]}}, seccomp="bogus")

@@ -82,6 +82,7 @@ class ContainerSpec:
     sysctl: dict[str, str] = field(default_factory=dict)
     cgroup_parent: str = "/vapp"
     oom_score_adj: int | None = None
+    seccomp: str | dict[str, Any] | None = None  # None/"unconfined", "runtime/default", or an OCI profile
 
 
 def image_section(image_config: dict[str, Any] | None) -> dict[str, Any]:
@@ -281,6 +282,9 @@ def build_config(
         ]
     if spec.sysctl:
         linux["sysctl"] = dict(spec.sysctl)
+    profile = seccomp_profile(spec.seccomp, privileged=spec.privileged)
+    if profile:
+        linux["seccomp"] = profile
     annotations = dict(spec.annotations)
     if spec.stop_signal or image.get("StopSignal"):
         annotations.setdefault("org.opencontainers.image.stopSignal", spec.stop_signal or image["StopSignal"])
@@ -299,6 +303,33 @@ def _idmaps(maps: tuple[IdMap, ...], own: int) -> list[dict[str, int]]:
     """Explicit maps, else the single-ID map ``0 <own> 1``."""
     chosen = maps or (IdMap(0, own, 1),)
     return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.size} for m in chosen]
+
+
+# Denied by "runtime/default" (ERRNO EPERM), everything else allowed: what an unprivileged
+# container has no business calling even where capabilities would not already stop it.
+DEFAULT_DENIED_SYSCALLS: tuple[str, ...] = (
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
+    "finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "get_mempolicy",
+    "init_module", "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie",
+    "mbind", "mount", "mount_setattr", "move_mount", "move_pages", "nfsservctl", "open_by_handle_at",
+    "open_tree", "perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev", "ptrace",
+    "query_module", "quotactl", "reboot", "request_key", "set_mempolicy", "setns", "settimeofday",
+    "swapoff", "swapon", "sysfs", "syslog", "umount2", "unshare", "uselib", "userfaultfd", "ustat",
+    "vhangup", "vm86", "vm86old",
+)  # fmt: skip
+
+
+def seccomp_profile(choice: str | dict[str, Any] | None, *, privileged: bool = False) -> dict[str, Any] | None:
+    """The OCI ``linux.seccomp`` for a spec's choice; privileged containers are never filtered."""
+    if privileged or choice in (None, "", "unconfined"):
+        return None
+    if isinstance(choice, dict):
+        return choice
+    if choice in ("runtime/default", "docker/default"):
+        return {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [{"names": list(DEFAULT_DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO"}]}
+    raise InvalidArgument(f"seccomp profile {choice!r}: want unconfined, runtime/default or a profile",
+                          details={"field": "seccomp"})
 
 
 def stop_signal(spec: ContainerSpec, image_config: dict[str, Any] | None) -> str:
