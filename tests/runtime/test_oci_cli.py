@@ -226,3 +226,25 @@ def test_config_fields_honoured(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
     assert lines[5:9] == ["1", "h1", domain, "fuse"]
     assert "masked" in lines and "ro-sys" in lines
     assert lines[-2] == "CapBnd:\t0000000000000021"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["process"]["capabilities"].update(bounding=["CAP_FLY"]), "unknown capability"),
+        (lambda c: c["process"].update(rlimits=[{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]), "rlimits"),
+        (lambda c: c["process"].update(cwd="relative"), "cwd"),
+        (lambda c: c["linux"]["namespaces"].append({"type": "bogus"}), "namespaces"),
+        (lambda c: c["mounts"].append({"destination": "rel", "type": "tmpfs", "source": "tmpfs"}), "destination"),
+    ],
+)
+def test_invalid_fields_named(rootfs: Path, tmp_path: Path, change: Any, message: str) -> None:
+    cli = Cli(vapp_oci(), Path(f"/tmp/vrt-cli-{uuid.uuid4().hex[:8]}"))
+    bundle = make_bundle(rootfs, tmp_path, ["true"])
+    edit(bundle, change)
+    try:
+        result = cli("create", "--bundle", str(bundle), "bad", check=False, stdin=subprocess.DEVNULL)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        assert cli("state", "bad", check=False).returncode != 0
+    finally:
+        shutil.rmtree(cli.root, ignore_errors=True)

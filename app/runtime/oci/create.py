@@ -18,9 +18,10 @@ import subprocess
 import time
 from typing import Any
 
-from app.runtime.kernel import PR_SET_CHILD_SUBREAPER, Kernel, cgroups, seccomp
+from app.runtime.kernel import PR_SET_CHILD_SUBREAPER, Kernel, caps, cgroups, seccomp
 from app.runtime.oci import hooks, state
 from app.runtime.oci.init import recv, send, stage1
+from app.runtime.oci.process import RLIMITS
 
 
 class CreateError(Exception):
@@ -58,6 +59,14 @@ def validate(cfg: dict[str, Any], bundle: str) -> None:
         raise CreateError("config.json: process.args is required")
     if proc.get("cwd") and not os.path.isabs(proc["cwd"]):
         raise CreateError(f"config.json: process.cwd {proc['cwd']!r} must be absolute")
+    _validate_process(proc)
+    for m in cfg.get("mounts") or []:
+        if not str(m.get("destination", "")).startswith("/"):
+            raise CreateError(f"config.json: mounts: destination {m.get('destination')!r} must be absolute")
+    for stage, items in (cfg.get("hooks") or {}).items():
+        for hook in items or []:
+            if not str(hook.get("path", "")).startswith("/"):
+                raise CreateError(f"config.json: hooks.{stage}: path {hook.get('path')!r} must be absolute")
     linux = cfg.get("linux") or {}
     seen: set[str] = set()
     for ns in linux.get("namespaces") or []:
@@ -77,6 +86,19 @@ def validate(cfg: dict[str, Any], bundle: str) -> None:
             seccomp.compile_filter(linux["seccomp"])
         except (seccomp.SeccompError, KeyError, TypeError, ValueError) as exc:
             raise CreateError(f"config.json: linux.seccomp: {exc}") from exc
+
+
+def _validate_process(proc: dict[str, Any]) -> None:
+    for key, names in (proc.get("capabilities") or {}).items():
+        try:
+            caps.cap_mask(names or [])
+        except caps.UnknownCapability as exc:
+            raise CreateError(f"config.json: process.capabilities.{key}: unknown capability {exc.args[0]!r}") from exc
+    for item in proc.get("rlimits") or []:
+        if item.get("type") not in RLIMITS:
+            raise CreateError(f"config.json: process.rlimits: unknown type {item.get('type')!r}")
+        if int(item.get("soft", 0)) > int(item.get("hard", 0)):
+            raise CreateError(f"config.json: process.rlimits: {item['type']} soft limit above the hard limit")
 
 
 def _maps(linux: dict[str, Any], key: str, own: int) -> list[tuple[int, int, int]]:
