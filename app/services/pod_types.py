@@ -93,7 +93,7 @@ class Pod:
     spec: PodSpec
     state: PodState
     created_ns: int
-    network: str = "cni"  # cni | host | none
+    network: str = "cni"  # cni | host | runtime (rootless pod network) | none
     ip: str = ""
     additional_ips: list[str] = field(default_factory=list)
     holder_pid: int = 0

@@ -34,7 +34,7 @@ from pathlib import Path
 from sqlmodel import select
 
 from app.errors import AlreadyExists, Category, FailedPrecondition, NotFound, Unavailable, VappError
-from app.runtime.network import dns
+from app.runtime.network import NetworkHook, dns
 from app.runtime.network.cni import Attachment, CniClient, first_ips
 from app.services import pod_process
 from app.services.pod_types import NsMode, Pod, PodSpec, PodState
@@ -48,8 +48,11 @@ LIVENESS_TTL = 1.0
 
 class PodService:
     def __init__(self, db: Database, state_dir: Path, run_dir: Path, cni: CniClient | None, *,
-                 host_resolv: Path = Path("/etc/resolv.conf"), rootless: bool | None = None) -> None:
+                 host_resolv: Path = Path("/etc/resolv.conf"), rootless: bool | None = None,
+                 fallback: NetworkHook | None = None) -> None:
         self.db, self.cni = db, cni
+        # Rootless pods cannot run CNI: the runtime's own pod network (pasta) attaches them instead.
+        self.fallback = fallback
         self.files_root = Path(state_dir) / "pods"
         self.sock_root = Path(run_dir) / "pods"
         self.host_resolv = host_resolv
@@ -86,6 +89,8 @@ class PodService:
 
     def network_status(self) -> tuple[bool, str]:
         """(NetworkReady, reason): CNI configured and installed, or rootless pods with lo only."""
+        if self.rootless and self.fallback is not None:
+            return True, ""
         if self.cni is None:
             return False, "no pod network configured (CNI disabled)"
         return self.cni.status()
@@ -113,7 +118,8 @@ class PodService:
     async def _start(self, pod_id: str, spec: PodSpec) -> Pod:
         pod = Pod(pod_id, spec, PodState.READY, time.time_ns())
         use_cni = not spec.host_network and not self.rootless and self.cni is not None
-        pod.network = "host" if spec.host_network else ("cni" if use_cni else "none")
+        use_runtime = not spec.host_network and not use_cni and self.rootless and self.fallback is not None
+        pod.network = "host" if spec.host_network else ("cni" if use_cni else "runtime" if use_runtime else "none")
         files = self.files_root / pod_id
         try:
             files.mkdir(parents=True, exist_ok=True)
@@ -134,6 +140,15 @@ class PodService:
                 ips = first_ips(result)
                 pod.ip, pod.additional_ips = (ips[0] if ips else ""), ips[1:]
                 self._write_files(pod, files)  # hosts now knows the pod IP
+            elif use_runtime:
+                assert self.fallback is not None
+                ports = [{"host_port": p.host_port, "container_port": p.container_port, "protocol": p.protocol,
+                          "host_ip": p.host_ip} for p in spec.ports if p.host_port > 0]
+                att = await self.fallback.setup(pod.id, "pod", ports, pod.holder_pid,
+                                                hostname=spec.hostname or spec.name)
+                addrs = [str(a).split("/")[0] for a in att.get("addresses") or []]
+                pod.ip, pod.additional_ips = (addrs[0] if addrs else ""), addrs[1:]
+                self._write_files(pod, files)
             self._save(pod, new=True)
         except BaseException:
             # Undo what exists; the caller gets the original error, not a teardown one.
@@ -248,6 +263,13 @@ class PodService:
                                       category=Category.NETWORK) from exc
                 log.warning("pod %s: CNI DEL during rollback failed: %s", pod.id[:12], exc.message)
                 self.cni.forget(pod.id, "eth0")
+        if pod.network == "runtime" and self.fallback is not None:
+            try:
+                await self.fallback.teardown(pod.id)
+            except VappError as exc:
+                if not best_effort:
+                    raise
+                log.warning("pod %s: network teardown during rollback failed: %s", pod.id[:12], exc.message)
         if alive:
             await pod_process.kill(pod.holder_pid, pod.holder_start)
         pod.holder_pid = pod.holder_start = 0

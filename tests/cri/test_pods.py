@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,20 @@ async def test_dead_holder_makes_the_pod_notready(pods: PodService) -> None:
     assert pods.get(pod.id).state is PodState.NOTREADY
     await pods.stop(pod.id)  # still stops cleanly (CNI DEL with the namespace gone)
     await pods.remove(pod.id)
+
+
+def test_rootless_pods_use_the_runtimes_pod_network(unpriv_user: Any, user_tmp: Path) -> None:
+    """As the unprivileged user: no CNI; the network manager's pasta attaches the holder's netns,
+    publishes the pod's port on the node's loopback, and everything goes with the pod."""
+    import json
+    import sys
+
+    from tests.helpers.users import run_as
+
+    proc = run_as(unpriv_user, [sys.executable, "-m", "tests.cri.rootless_pod", str(user_tmp)], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["rootless"] is True and out["ready"] == [True, ""]
+    assert out["network"] == "runtime" and out["ip"]
+    assert out["echo"] == "ready" and out["published"] == "echo:rootless"
+    assert out["holder_alive_after"] is False and out["attachments_after"] == []

@@ -7,7 +7,7 @@ Table ``cri_pod``::
     state         "ready" | "notready"                  (READY → NOTREADY on stop; row deleted on remove)
     created_ns    creation time, ns since the epoch
     spec_json     the PodSpec as JSON (labels, annotations, dns, ports, namespaces, ...)
-    network       "cni" | "host" | "none"
+    network       "cni" | "host" | "runtime" (rootless: the runtime's pod network) | "none"
     ip, additional_ips (comma separated)
     holder_pid, holder_start   the namespace holder (pid + /proc starttime, so a reused pid is
                                never mistaken for it after a restart); 0 when stopped
