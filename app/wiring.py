@@ -133,7 +133,8 @@ async def build_node(settings: Settings) -> Node:
 
         cri = settings.cri
         node.pods = PodService(db, settings.state_dir, settings.run_dir,
-                               CniClient(cri.cni_conf_dir, cri.cni_bin_dirs, settings.state_dir / "cni"))
+                               CniClient(cri.cni_conf_dir, cri.cni_bin_dirs, settings.state_dir / "cni"),
+                               fallback=node.network)  # rootless pods: the runtime's pod network
         await node.pods.restore()  # re-adopt live pod holders, settle dead ones
     # --- slot: bootstrap -----------------------------------------------------------
     if settings.bootstrap.enabled:
