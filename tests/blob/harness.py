@@ -162,6 +162,15 @@ async def committed(c: RunningCache, *digests: str, timeout: float = 10.0) -> No
     """Wait until the blobs are committed and recorded: a client's response can complete once the
     bytes are verified, a moment before the fsync + rename + metadata insert finish."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not all(d in c.cache.blobs and c.store.exists(d) for d in digests):
+    while not all(d in c.cache.blobs and c.store.exists(d) and not c.cache.flights.in_flight(d) for d in digests):
         assert asyncio.get_running_loop().time() < deadline, f"not committed: {digests}"
+        await asyncio.sleep(0.01)
+
+
+async def settled(c: RunningCache, timeout: float = 10.0) -> None:
+    """Wait until no blob is being served or downloaded (handlers release a moment after the
+    client has read its last byte)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while c.cache._serving or c.cache.flights.active():
+        assert asyncio.get_running_loop().time() < deadline, "cache did not settle"
         await asyncio.sleep(0.01)

@@ -18,7 +18,7 @@ from app.api.registry import create_admin_router
 from app.errors import VappError
 from app.oci import mediatypes as mt
 from app.oci.reference import Reference
-from tests.blob.harness import blob_settings, committed, local_upstream, running_cache
+from tests.blob.harness import blob_settings, committed, local_upstream, running_cache, settled
 from tests.helpers.registry import RegistryInfo
 
 with warnings.catch_warnings():
@@ -132,6 +132,7 @@ async def test_eviction_quota_pins_and_admin(tmp_path: Path, registry: RegistryI
         for d in img.layers:
             assert (await client.get(f"{c.url}/v2/{img.repository}/blobs/{d}")).status_code == 200
         await committed(c, *img.layers)
+        await settled(c)
         pinned = img.layers[0]
         c.service.pin(pinned)
         c.cache.settings.quota_bytes = 1  # everything but the pinned blob must go
