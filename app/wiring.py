@@ -172,5 +172,6 @@ def build_listeners(node: Node, admin_app: Any) -> list[Listener]:
     if node.apps is not None:
         from app.vappc.server import VappcServer
 
-        listeners.append(VappcServer(s.vappc, node.apps, socket_mode=s.socket_mode, socket_group=s.socket_group))
+        listeners.append(VappcServer(s.vappc, node.apps, socket_mode=s.socket_mode, socket_group=s.socket_group,
+                                     bootstrap=node.bootstrap))  # None when bootstrap is disabled
     return listeners

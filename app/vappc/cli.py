@@ -10,11 +10,14 @@ terminal, a table for ``ls``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
+
+import yaml
 
 from app.errors import VappError
 from app.services.app_types import AppStatus, Progress
@@ -137,12 +140,45 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 case "diag":
                     result = c.diagnostic()
                     text = "\n".join(f"== {k}\n{v}" for k, v in result.items())
+                case "intent":
+                    result, text = _intent(c, args, bar)
                 case _:
                     raise SystemExit(2)
         finally:
             bar.done()
     _emit(args, out, result, text)
     return 0
+
+
+def _load_intent(path: str) -> Any:
+    """An intent file: YAML (as in the intents directory) or JSON ('-': stdin)."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return yaml.safe_load(text)
+
+
+def _intent(c: Client, args: argparse.Namespace, bar: ProgressBar) -> tuple[Any, str]:
+    if args.intent_command == "apply":
+        kw = {"apply_timeout": args.apply_timeout} if args.apply_timeout else {}
+        res = c.apply_intent(_load_intent(args.file), progress=bar, **kw)
+        parts = [f"{x['component']} {x['phase']}" for x in res["components"]]
+        return res, f"{res['intent']['name']}: " + (", ".join(parts) or "no components")
+    if args.intent_command == "rm":
+        c.delete_intent(args.name)
+        return None, f"intent {args.name} deleted"
+    res = c.list_intents()
+    rows = [["INTENT", "PROFILE", "SOURCE", "GEN", "ENABLED"]] + [
+        [i["name"], i["profile"], i["source"], str(i["generation"]), str(i["enabled"]).lower()]
+        for i in res["intents"]]
+    comps = [["COMPONENT", "PHASE", "HEALTHY", "RESTARTS", "LAST ERROR"]] + [
+        [x["component"], x["phase"], str(x["healthy"]).lower(), str(x["restarts"]), x["last_error"] or ""]
+        for x in res["components"]]
+    return res, _table(rows) + "\n" + _table(comps).rstrip("\n")
+
+
+def _table(rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    _print_table(rows, buf)
+    return buf.getvalue()
 
 
 def _status_json(status: AppStatus) -> Any:
@@ -181,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     dns.add_argument("file", nargs="?", help='JSON: {"records":[{"ip","hostname"}]} or a list')
     dns.add_argument("-r", "--record", action="append", metavar="IP=HOSTNAME")
     sub.add_parser("diag", help="node diagnostics")
+    intent = sub.add_parser("intent", help="bootstrap intents: apply FILE | list | rm NAME")
+    isub = intent.add_subparsers(dest="intent_command", required=True)
+    iapply = isub.add_parser("apply", help="store and converge an intent (YAML or JSON file, '-' for stdin)")
+    iapply.add_argument("file")
+    iapply.add_argument("--apply-timeout", type=float, default=None, help="seconds to converge (default 300)")
+    isub.add_parser("list", help="intents and their components")
+    irm = isub.add_parser("rm", help="delete an intent (its components are stopped and removed)")
+    irm.add_argument("name")
     return ap
 
 

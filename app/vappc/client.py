@@ -248,6 +248,25 @@ class AsyncClient:
         body = [r.model_dump() if isinstance(r, DnsRecord) else r for r in records]
         return int((await self.call("UpdateDnsRecords", {"records": body})).data["count"])
 
+    # --- intents (bootstrap) ---------------------------------------------------------
+    async def apply_intent(
+        self, intent: dict[str, Any], *, progress: ProgressCallback | None = None,
+        timeout: float = START_TIMEOUT, apply_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Store and converge one intent: ``{"intent": ..., "components": [...]}``; a component
+        that does not converge raises ``RemoteError`` (category Bootstrap, phase = component)."""
+        data: dict[str, Any] = {"intent": intent}
+        if apply_timeout is not None:
+            data["timeout_secs"] = apply_timeout
+        return dict((await self.call("ApplyIntent", data, progress=progress, timeout=timeout)).data)
+
+    async def delete_intent(self, name: str) -> None:
+        await self.call("DeleteIntent", {"name": name})
+
+    async def list_intents(self) -> dict[str, Any]:
+        """``{"intents": [...], "components": [...]}`` (component status as in bootstrap status)."""
+        return dict((await self.call("ListIntents")).data)
+
 
 class Client:
     """Blocking wrapper: the same methods as :class:`AsyncClient`, run on a private loop."""
@@ -303,3 +322,12 @@ class Client:
 
     def update_dns_records(self, records: list[DnsRecord] | list[dict[str, str]]) -> int:
         return self._run(self._core.update_dns_records(records))
+
+    def apply_intent(self, intent: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        return self._run(self._core.apply_intent(intent, **kw))
+
+    def delete_intent(self, name: str) -> None:
+        self._run(self._core.delete_intent(name))
+
+    def list_intents(self) -> dict[str, Any]:
+        return self._run(self._core.list_intents())

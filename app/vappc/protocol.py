@@ -42,7 +42,7 @@ from app.services.app_types import (
 )
 
 PROTOCOL_VERSION = 2
-FEATURES = ("version", "request_id", "network_mode", "group_shared_network", "stop_timeout")
+FEATURES = ("version", "request_id", "network_mode", "group_shared_network", "stop_timeout", "intents")
 DEFAULT_MAX_LINE = 1024 * 1024
 RequestId = str | int
 
@@ -131,6 +131,17 @@ class DnsData(_Payload):
     records: list[DnsRecord]
 
 
+class ApplyIntentData(_Payload):
+    # The intent document itself is validated by the bootstrap service (one schema for
+    # vappc, REST and files), which names the bad field.
+    intent: dict[str, Any]
+    timeout_secs: float | None = Field(default=None, gt=0, le=3600)
+
+
+class IntentNameData(_Payload):
+    name: str = Field(min_length=1, max_length=63)
+
+
 COMMANDS: dict[str, type[_Payload] | None] = {
     "Ping": None,
     "Version": None,
@@ -142,6 +153,9 @@ COMMANDS: dict[str, type[_Payload] | None] = {
     "StartContainerGroup": GroupData,
     "RunDiagnostic": None,
     "UpdateDnsRecords": DnsData,
+    "ApplyIntent": ApplyIntentData,
+    "DeleteIntent": IntentNameData,
+    "ListIntents": None,
 }
 
 

@@ -47,6 +47,7 @@ from app.services.app_types import (
     GroupResult,
     Progress,
 )
+from app.vappc import intents
 from app.vappc import protocol as p
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ _DRAIN_ABOVE = 64 * 1024
 # quick and touch no container, so a task and a queue hop would only add latency.
 _INLINE = frozenset({"Ping", "Version", "AppState", "ListApps", "GetInterfaceIp"})
 # Long commands run as their own task, shielded from the connection going away.
-_DETACHED = frozenset({"StartApp", "StartContainerGroup", "StopApp", "UpdateDnsRecords"})
+_DETACHED = frozenset({"StartApp", "StartContainerGroup", "StopApp", "UpdateDnsRecords", "ApplyIntent",
+                       "DeleteIntent"})
 
 
 class VappcBackend(Protocol):
@@ -75,10 +77,13 @@ class VappcBackend(Protocol):
     async def update_dns_records(self, records: list[DnsRecord]) -> int: ...
 
 
-async def execute(backend: VappcBackend, req: p.Request, progress: ProgressFn) -> bytes:
+async def execute(backend: VappcBackend, req: p.Request, progress: ProgressFn,
+                  bootstrap: intents.IntentBackend | None = None) -> bytes:
     """Run one request against the service; return its terminal line (Ok or Error)."""
     rid = req.id
     try:
+        if req.cmd in intents.COMMANDS:
+            return await intents.execute(bootstrap, req, progress)
         return await _execute(backend, req, progress)
     except VappError as exc:
         return p.error_line(exc, rid)
@@ -215,9 +220,11 @@ class VappcServer:
         *,
         socket_mode: int = 0o660,
         socket_group: str | None = None,
+        bootstrap: intents.IntentBackend | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
+        self.bootstrap = bootstrap  # None: the intent commands answer "bootstrap is disabled"
         self.socket_mode = socket_mode
         self.socket_group = socket_group
         self._servers: list[asyncio.Server] = []
@@ -276,8 +283,8 @@ class VappcServer:
     async def run(self, req: p.Request, progress: ProgressFn) -> bytes:
         """Execute a request; long ones as their own task, so a vanished client cannot cancel them."""
         if req.cmd not in _DETACHED:
-            return await execute(self.backend, req, progress)
-        task = asyncio.get_running_loop().create_task(execute(self.backend, req, progress))
+            return await execute(self.backend, req, progress, self.bootstrap)
+        task = asyncio.get_running_loop().create_task(execute(self.backend, req, progress, self.bootstrap))
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
         return await asyncio.shield(task)
