@@ -72,8 +72,6 @@ def run_shim(req: dict[str, Any], reply: socket.socket) -> NoReturn:
 
 
 def _run(req: dict[str, Any], reply: socket.socket) -> int:
-    from app.runtime.backends.native import shim_create  # pre-imported by the fork server
-
     gc.disable()  # a long-lived, allocation-light process: no collections, no copied pages
     kernel = LinuxKernel()
     kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -98,10 +96,11 @@ def _run(req: dict[str, Any], reply: socket.socket) -> int:
     os.dup2(child_out, 1)
     os.dup2(child_err, 2)
     try:
-        pid, start_time = shim_create(kernel, req, console_child)
-    except Exception as exc:
-        reply.send(json.dumps({"type": "error", "message": str(exc), "code": getattr(exc, "code", 1)}).encode())
-        return 1
+        result = _create_in_child(kernel, req, console_child)
+        if "error" in result:
+            reply.send(json.dumps({"type": "error", "message": result["error"], "code": result["code"]}).encode())
+            return 1
+        pid, start_time = int(result["pid"]), result.get("start")
     finally:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
@@ -131,6 +130,39 @@ def _run(req: dict[str, Any], reply: socket.socket) -> int:
         os.path.join(directory, "exit"), json.dumps({"status": status, "exitedAt": stamp, "pid": pid}).encode()
     )
     return 0
+
+
+def _create_in_child(kernel: LinuxKernel, req: dict[str, Any], console: socket.socket | None) -> dict[str, Any]:
+    """Run the create in a short-lived child: the busy setup code then copies pages in that
+    child, not in this long-lived shim (its private memory is what every container costs).
+    The container init is orphaned when that child's stage exits and lands here (subreaper)."""
+    from app.runtime.backends.native import shim_create  # pre-imported by the fork server
+
+    # A datagram, read after the child exited: the container init inherits (until its exec)
+    # every fd of this process, so waiting for EOF here would wait for the container.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    child = os.fork()
+    if child == 0:
+        ours.close()
+        try:
+            pid, start_time = shim_create(kernel, req, console)
+            out: dict[str, Any] = {"pid": pid, "start": start_time}
+        except Exception as exc:
+            out = {"error": str(exc), "code": getattr(exc, "code", 1)}
+        theirs.send(json.dumps(out).encode())
+        os._exit(0)
+    theirs.close()
+    os.waitpid(child, 0)
+    try:
+        data = ours.recv(1 << 16, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        data = b""
+    finally:
+        ours.close()
+    if not data:
+        return {"error": "container creation died", "code": 1}
+    result: dict[str, Any] = json.loads(data)
+    return result
 
 
 def _copy_loop(streams: dict[int, str], wake_r: int, pid: int, writer: LogWriter, reopen: list[bool]) -> int:
