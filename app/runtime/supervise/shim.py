@@ -9,7 +9,8 @@ the container init's subreaper. Files (``<shims>/<id>/``)::
 Lifetime::
 
     fork server ─fork─► setsid ─► shim: subreaper · stdio pipes (or console socket)
-      backend.create() ─► reply {"type": "created", pid} on the request's socket ─►
+      ─fork─► creator: backend.create() (the init, orphaned, is re-parented to the shim) ─►
+      reply {"type": "created", pid} on the request's socket ─►
       copy loop (select: stdout, stderr, SIGCHLD wakeup) ─► init reaped ─► drain ─►
       exit record ─► _exit(0)
 
