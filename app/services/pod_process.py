@@ -22,7 +22,7 @@ from pathlib import Path
 from app.errors import FailedPrecondition, Internal, Unavailable
 
 HOLDER = Path(__file__).with_name("pod_holder.py")
-READY_TIMEOUT = 10.0
+READY_TIMEOUT = 30.0  # generous: a loaded node can take seconds to start an interpreter
 
 
 def is_rootless() -> bool:

@@ -408,13 +408,16 @@ async def test_attach_follows_output(stack: Any, test_images: Any) -> None:
     config = pod_config("att", log_directory=str(tmp / "attlogs"))
     pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config))).pod_sandbox_id
     cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="talker"), image=pb.ImageSpec(image=ref),
-                             command=["sh", "-c", "sleep 1.5; echo line1; echo err1 >&2; sleep 0.3; echo line2"],
+                             command=["sh", "-c", "until [ -e /tmp/go ]; do sleep 0.05; done; "
+                                      "echo line1; echo err1 >&2; sleep 0.3; echo line2"],
                              log_path="talker.log")
     cid = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg))).container_id
     await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
     url = (await rt.Attach(pb.AttachRequest(container_id=cid, stdout=True, stderr=True))).url
     got: dict[int, bytes] = {}
     async with ws_connect("ws://" + url.removeprefix("http://"), subprotocols=["v4.channel.k8s.io"]) as ws:
+        await asyncio.sleep(0.3)  # the attach session is following the log now
+        await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["touch", "/tmp/go"], timeout=10))
         async for msg in ws:
             assert isinstance(msg, bytes)
             got[msg[0]] = got.get(msg[0], b"") + msg[1:]
