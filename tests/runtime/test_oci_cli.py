@@ -248,3 +248,63 @@ def test_invalid_fields_named(rootfs: Path, tmp_path: Path, change: Any, message
         assert cli("state", "bad", check=False).returncode != 0
     finally:
         shutil.rmtree(cli.root, ignore_errors=True)
+
+
+def test_exec(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(rootfs, tmp_path, ["sleep", "30"], env=["PATH=/bin", "FROM_CONFIG=yes"], cwd="/tmp")
+    cid = f"e-{uuid.uuid4().hex[:6]}"
+    cli("run", "--detach", "--bundle", str(bundle), cid, stdin=subprocess.DEVNULL)
+    result = cli("exec", cid, "sh", "-c", "echo $FROM_CONFIG $(pwd); exit 6", check=False, stdin=subprocess.DEVNULL)
+    assert result.returncode == 6 and result.stdout.split() == ["yes", "/tmp"], result.stderr
+    proc = tmp_path / "process.json"
+    proc.write_text(json.dumps({"args": ["sleep", "20"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0,
+                                                                                                "gid": 0}}))
+    pid_file = tmp_path / "exec.pid"
+    cli("exec", "--process", str(proc), "--detach", "--pid-file", str(pid_file), cid, stdin=subprocess.DEVNULL)
+    pid = int(pid_file.read_text())
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep")
+    cli("delete", "--force", cid)
+
+
+def test_driven_by_containerd(rootfs: Path, tmp_path: Path) -> None:
+    """containerd (its own instance) runs, execs into and kills containers through vapp-oci."""
+    base = Path(f"/tmp/vrt-ctd-{uuid.uuid4().hex[:6]}")
+    base.mkdir()
+    sock = base / "c.sock"
+    (base / "config.toml").write_text(f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
+                                      f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n')
+    daemon = subprocess.Popen(["containerd", "--config", str(base / "config.toml")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    ctr = ["ctr", "--address", str(sock)]
+    cid = f"vc-{uuid.uuid4().hex[:6]}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*ctr, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    try:
+        deadline = time.monotonic() + 20
+        while run("version").returncode != 0:
+            assert time.monotonic() < deadline, "containerd did not start"
+            time.sleep(0.1)
+        once = run("run", "--rm", "--runc-binary", vapp_oci(), "--rootfs", str(rootfs), cid + "a", "/bin/sh", "-c",
+                   "echo hello-$$")
+        assert once.returncode == 0 and once.stdout.strip() == "hello-1", once.stderr
+        assert run("run", "-d", "--runc-binary", vapp_oci(), "--rootfs", str(rootfs), cid, "/bin/sleep",
+                   "60").returncode == 0
+        ex = run("task", "exec", "--exec-id", "x1", cid, "/bin/sh", "-c", "echo in-$$; exit 3")
+        assert ex.returncode == 3 and ex.stdout.startswith("in-"), ex.stderr
+        assert run("task", "kill", "-s", "9", cid).returncode == 0
+        deadline = time.monotonic() + 10
+        while "STOPPED" not in run("task", "ls").stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert run("task", "rm", cid).returncode == 0
+        assert run("container", "rm", cid).returncode == 0
+    finally:
+        for extra in (cid, cid + "a"):
+            run("task", "kill", "-s", "9", extra)
+            run("task", "rm", "-f", extra)
+            run("container", "rm", extra)
+        daemon.terminate()
+        daemon.wait(10)
+        shutil.rmtree(base, ignore_errors=True)

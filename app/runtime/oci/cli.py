@@ -4,6 +4,7 @@
       create [-b BUNDLE] [--pid-file F] [--console-socket S] ID
       start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID
       run [-b BUNDLE] [--pid-file F] [--console-socket S] [--detach] ID
+      exec [--process F | COMMAND...] [--detach] [--pid-file F] [--console-socket S] [--tty] ID
       spec [--rootless] [-b BUNDLE] | features | list
 
 Exit status 0 on success, 1 on error (127/126 when the process cannot be executed),
@@ -54,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--detach", "-d", action="store_true")
             c.add_argument("--keep", action="store_true")
         c.add_argument("id")
+    e = sub.add_parser("exec")
+    e.add_argument("--process", "-p", default=None)
+    e.add_argument("--detach", "-d", action="store_true")
+    e.add_argument("--pid-file", default=None)
+    e.add_argument("--console-socket", default=None)
+    e.add_argument("--tty", "-t", action="store_true")
+    e.add_argument("--cwd", default=None)
+    e.add_argument("--env", "-e", action="append", default=[])
+    e.add_argument("--user", "-u", default=None)
+    e.add_argument("--preserve-fds", type=int, default=0)
+    e.add_argument("id")
+    e.add_argument("argv", nargs=argparse.REMAINDER)  # not "command": that is the subcommand's dest
     for name in ("start", "state"):
         sub.add_parser(name).add_argument("id")
     k = sub.add_parser("kill")
@@ -113,6 +126,8 @@ def _dispatch(args: argparse.Namespace, root: str) -> int:
     command = args.command
     if command in ("create", "run"):
         return _create(args, root)
+    if command == "exec":
+        return _exec(args, root)
     if command == "start":
         ops.start(root, args.id)
     elif command == "state":
@@ -150,6 +165,21 @@ def _create(args: argparse.Namespace, root: str) -> int:
     if detach:
         return 0
     return _wait_and_delete(root, st, keep=args.keep)
+
+
+def _exec(args: argparse.Namespace, root: str) -> int:
+    from app.runtime.oci import execcmd
+
+    if args.process:
+        with open(args.process, "rb") as fh:
+            proc = json.loads(fh.read())
+    else:
+        with open(os.path.join(ops.get(root, args.id)["bundle"], "config.json"), "rb") as fh:
+            cfg = json.loads(fh.read())
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        proc = execcmd.process_from_args(cfg, command, cwd=args.cwd, env=args.env, user=args.user, tty=args.tty)
+    return execcmd.exec_process(root, args.id, proc, detach=args.detach, pid_file=args.pid_file,
+                                console_socket=args.console_socket)
 
 
 def _wait_and_delete(root: str, st: dict[str, Any], keep: bool) -> int:

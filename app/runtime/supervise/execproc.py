@@ -54,21 +54,13 @@ def run_exec(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> NoR
 
 def _run(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> int:
     kernel = LinuxKernel()
-    pid = int(req["pid"])
-    if not state.process_alive(pid, req.get("pidStartTime")):
-        raise RuntimeError(f"container process {pid} is not running")
-    for directory in req.get("cgroups") or []:
-        with contextlib.suppress(OSError), open(os.path.join(directory, "cgroup.procs"), "w") as fh:
-            fh.write(str(os.getpid()))
-    for fd, flag in _open_namespaces(pid):
-        kernel.setns(fd, flag)
-        os.close(fd)
+    join_container(kernel, req)
     master = slave = -1
     if req.get("tty"):
         master, slave = os.openpty()  # from the container's /dev/ptmx: `tty` names it inside
     child = os.fork()
     if child == 0:
-        _child(kernel, req, stdio, master, slave)
+        exec_child(kernel, req, stdio, master, slave)
     if master >= 0:
         os.close(slave)
         send_message(reply, {"type": "pty"}, [master])
@@ -81,7 +73,21 @@ def _run(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> int:
     return 0
 
 
-def _child(kernel: LinuxKernel, req: dict[str, Any], stdio: list[int], master: int, slave: int) -> NoReturn:
+def join_container(kernel: LinuxKernel, req: dict[str, Any]) -> None:
+    """Enter the cgroups and every namespace of the container's init (``req["pid"]``)."""
+    pid = int(req["pid"])
+    if not state.process_alive(pid, req.get("pidStartTime")):
+        raise RuntimeError(f"container process {pid} is not running")
+    for directory in req.get("cgroups") or []:
+        with contextlib.suppress(OSError), open(os.path.join(directory, "cgroup.procs"), "w") as fh:
+            fh.write(str(os.getpid()))
+    for fd, flag in _open_namespaces(pid):
+        kernel.setns(fd, flag)
+        os.close(fd)
+
+
+def exec_child(kernel: LinuxKernel, req: dict[str, Any], stdio: list[int], master: int, slave: int) -> NoReturn:
+    """In the forked process inside the namespaces: stdio or pty, user, caps, nnp, seccomp, execve."""
     try:
         if slave >= 0:
             os.close(master)
