@@ -1,41 +1,33 @@
-"""Strict Jinja2 rendering for profiles: undefined names fail and are named.
+"""Profile rendering on top of the node's one strict renderer (``app.runtime.templates``).
 
 Two things are rendered: template files (``templates/<source>``, written under
 the component dir) and every string field of a profile (image, command, env,
-health URLs...). Both go through :class:`Renderer`, which
+health URLs...). What is profile-specific lives here:
 
-* refuses names a profile did not declare (checked statically with
-  ``jinja2.meta`` before rendering, so a branch not taken today cannot hide a
-  typo that breaks tomorrow), and
-* turns every Jinja2 failure into :class:`InvalidArgument` naming the template
-  (or field) and the variable.
+* the known names are the profile's *declared* variables plus the built-ins (typed
+  values: ints, bools, lists, as ``variables.py`` resolved them), so a template that
+  uses a name the profile does not declare fails, with a hint to declare it;
+* template files come from the profile's ``templates/`` directory (and may include
+  each other); nested fields are rendered with their path as the label
+  (``components.a.command[1]``).
 
-Compiled templates are cached per source text: a no-op reconcile pass re-renders
-everything and must stay cheap.
+Sandboxing, strictness, the compile cache and the error shape (``InvalidArgument``
+naming the template or field and the variable, phase ``render``) are the core's.
+One :class:`Renderer` per loaded profile keeps its compile cache warm across passes.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import jinja2.meta
-import jinja2.sandbox
-import yaml
 
-from app.errors import InvalidArgument
+from app.runtime.templates import TemplateEngine
 
-
-def _to_yaml(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-
-
-def _b64(value: str | bytes) -> str:
-    return base64.b64encode(value.encode() if isinstance(value, str) else value).decode()
+PHASE = "render"
+_HINT = "; declare it under 'variables'"
 
 
 class Renderer:
@@ -43,65 +35,29 @@ class Renderer:
 
     def __init__(self, templates_dir: Path | None, allowed_names: Iterable[str]) -> None:
         loader = jinja2.FileSystemLoader(str(templates_dir)) if templates_dir else None
-        # Sandboxed like app/runtime/templates.py: profiles may come from operators and agents.
-        self.env = jinja2.sandbox.SandboxedEnvironment(
-            loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-            autoescape=False, trim_blocks=True, lstrip_blocks=True,
-        )
-        self.env.filters["to_yaml"] = _to_yaml
-        self.env.filters["to_json"] = json.dumps
-        self.env.filters["b64encode"] = _b64
-        self.allowed = frozenset(allowed_names) | frozenset(self.env.globals)
-        self._cache: dict[str, jinja2.Template] = {}
-
-    def _compile(self, source: str, where: str, *, name: str | None = None) -> jinja2.Template:
-        key = f"{name}\0{source}"
-        tpl = self._cache.get(key)
-        if tpl is not None:
-            return tpl
-        try:
-            ast = self.env.parse(source)
-        except jinja2.TemplateSyntaxError as exc:
-            raise InvalidArgument(f"{where}: template syntax error line {exc.lineno}: {exc.message}",
-                                  phase="render", details={"template": where}) from exc
-        unknown = sorted(jinja2.meta.find_undeclared_variables(ast) - self.allowed)
-        if unknown:
-            raise InvalidArgument(
-                f"{where}: uses undeclared variable(s) {', '.join(unknown)}; declare them under 'variables'",
-                phase="render", details={"template": where, "variables": unknown})
-        tpl = self.env.from_string(source)
-        self._cache[key] = tpl
-        return tpl
-
-    def _run(self, tpl: jinja2.Template, where: str, context: Mapping[str, Any]) -> str:
-        try:
-            return tpl.render(context)
-        except jinja2.UndefinedError as exc:
-            raise InvalidArgument(f"{where}: {exc.message}", phase="render",
-                                  details={"template": where, "error": exc.message}) from exc
-        except jinja2.TemplateError as exc:
-            raise InvalidArgument(f"{where}: {exc}", phase="render", details={"template": where}) from exc
-        except (TypeError, ValueError, ArithmeticError) as exc:
-            raise InvalidArgument(f"{where}: {type(exc).__name__}: {exc}", phase="render",
-                                  details={"template": where}) from exc
+        self.engine = TemplateEngine(phase=PHASE, loader=loader, trim_blocks=True, lstrip_blocks=True)
+        self.allowed = frozenset(allowed_names)
 
     def render_string(self, source: str, context: Mapping[str, Any], *, where: str) -> str:
-        if "{" not in source:  # fast path: most fields are plain text
-            return source
-        return self._run(self._compile(source, where), where, context)
+        return self.engine.render(source, context, where, known=self.allowed, hint=_HINT)
 
     def render_file(self, name: str, context: Mapping[str, Any], *, inline: str | None = None) -> str:
         where = f"template {name}"
-        if inline is not None:
-            return self._run(self._compile(inline, where, name=name), where, context)
-        if self.env.loader is None:
-            raise InvalidArgument(f"{where}: the profile has no templates directory", phase="render")
+        if inline is None:
+            inline = self._source(name, where)
+        compiled = self.engine.compile(inline, where)  # even a file without tags: it is a template
+        self.engine.check_names(compiled, self.allowed, where, _HINT)
+        return self.engine.run(compiled, context, where)
+
+    def _source(self, name: str, where: str) -> str:
+        loader = self.engine.env.loader
+        if loader is None:
+            raise self.engine.error(where, "the profile has no templates directory")
         try:
-            source, _, _ = self.env.loader.get_source(self.env, name)
-        except jinja2.TemplateNotFound as exc:
-            raise InvalidArgument(f"{where}: no such template in the profile", phase="render",
-                                  details={"template": name}) from exc
-        return self._run(self._compile(source, where, name=name), where, context)
+            source, _, _ = loader.get_source(self.engine.env, name)
+        except jinja2.TemplateNotFound:
+            raise self.engine.error(where, "no such template in the profile") from None
+        return str(source)
 
     def render_tree(self, value: Any, context: Mapping[str, Any], *, where: str) -> Any:
         """Render every string inside nested dicts/lists; errors name the field path."""

@@ -1,6 +1,21 @@
-"""Strict Jinja2 rendering of config templates into a container rootfs.
+"""THE strict Jinja2 renderer of the node, and writing rendered files into a container rootfs.
 
-Two steps, so a bad template never leaves a half-written rootfs::
+Two users, one core (:class:`TemplateEngine`):
+
+* apps' ``config_templates`` (vappc ``StartApp``): :func:`render`, :func:`render_all`,
+  :func:`render_into_rootfs` below, variables = the spec's ``template_vars``;
+* bootstrap profiles (``app/bootstrap/render.py``): an engine per profile whose known
+  names are the profile's declared variables, over typed values (ints, bools, lists).
+
+The core is a sandboxed environment (templates come from agents and operators and
+must not reach Python internals) with ``StrictUndefined``, no autoescaping (these are
+config files), a bounded compile cache keyed by template source (a no-op reconcile pass
+re-renders every field of every component and must not recompile), and one error
+shape: :class:`InvalidArgument` (category Config, the engine's phase) whose message
+names the template and the variable. Names are checked statically before rendering,
+so a branch not taken today cannot hide a typo that breaks tomorrow.
+
+Writing is a second step, so a bad template never leaves a half-written rootfs::
 
     render_all(templates, vars)  ── every template rendered in memory first
          │   (undefined variable / syntax error → InvalidArgument naming template + variable)
@@ -9,20 +24,25 @@ Two steps, so a bad template never leaves a half-written rootfs::
              (temp file in the target dir + fsync + rename; the destination is resolved
               with chroot semantics: symlinks inside the rootfs are followed as the
               container would see them, and nothing can point outside the rootfs)
-
-Rendering is sandboxed (``SandboxedEnvironment``): templates come from agents
-and must not reach Python internals. No autoescaping: these are config files.
 """
 
 from __future__ import annotations
 
+import base64
+import collections
 import contextlib
+import functools
+import json
 import os
 import stat
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
+import jinja2
+import yaml
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -38,39 +58,102 @@ class Rendered:
     text: str
 
 
-def _environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+@dataclass(frozen=True)
+class Compiled:
+    template: jinja2.Template
+    names: frozenset[str]  # every variable the template reads from its context
+
+
+def _to_yaml(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+
+
+def _b64(value: str | bytes) -> str:
+    return base64.b64encode(value.encode() if isinstance(value, str) else value).decode()
+
+
+class TemplateEngine:
+    """Sandboxed strict Jinja2 with a compile cache; every failure an ``InvalidArgument``.
+
+    ``loader`` lets templates ``include`` others (profiles); ``trim_blocks`` and
+    ``lstrip_blocks`` are the usual Jinja2 whitespace options (off for apps' templates,
+    whose output must be exactly what the agent wrote around the tags).
+    """
+
+    def __init__(self, *, phase: str = PHASE, loader: jinja2.BaseLoader | None = None,
+                 trim_blocks: bool = False, lstrip_blocks: bool = False, cache_size: int = 1024) -> None:
+        self.phase = phase
+        self.env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                                        loader=loader, trim_blocks=trim_blocks, lstrip_blocks=lstrip_blocks)
+        self.env.filters.update(to_yaml=_to_yaml, to_json=json.dumps, b64encode=_b64)
+        self._globals = frozenset(self.env.globals)
+        self._cache: collections.OrderedDict[str, Compiled] = collections.OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()  # bootstrap renders in a worker thread, apps on the loop
+
+    def error(self, label: str, message: str, **details: Any) -> InvalidArgument:
+        return InvalidArgument(f"{label}: {message}", category=Category.CONFIG, phase=self.phase,
+                               details={"template": label, **details})
+
+    def compile(self, source: str, label: str) -> Compiled:
+        """Parse once per distinct source (LRU); a syntax error names the template and line."""
+        with self._lock:
+            hit = self._cache.get(source)
+            if hit is not None:
+                self._cache.move_to_end(source)
+                return hit
+        try:
+            ast = self.env.parse(source)
+        except TemplateSyntaxError as exc:
+            raise self.error(label, f"template syntax error on line {exc.lineno}: {exc.message}") from None
+        compiled = Compiled(self.env.from_string(ast), frozenset(meta.find_undeclared_variables(ast)))
+        with self._lock:
+            self._cache[source] = compiled
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def check_names(self, compiled: Compiled, known: Collection[str], label: str, hint: str = "") -> None:
+        missing = sorted(compiled.names - self._globals - set(known))
+        if missing:
+            more = f" (and {', '.join(map(repr, missing[1:]))})" if missing[1:] else ""
+            raise self.error(label, f"undefined variable {missing[0]!r}{more}{hint}", variables=missing)
+
+    def run(self, compiled: Compiled, variables: Mapping[str, Any], label: str) -> str:
+        try:
+            return compiled.template.render(variables)
+        except UndefinedError as exc:  # e.g. an attribute of a defined variable
+            raise self.error(label, str(exc.message)) from None
+        except TemplateError as exc:  # includes the sandbox's SecurityError
+            raise self.error(label, str(exc)) from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise self.error(label, f"{type(exc).__name__}: {exc}") from None
+
+    def render(self, source: str, variables: Mapping[str, Any], label: str = "template", *,
+               known: Collection[str] | None = None, hint: str = "") -> str:
+        """Render ``source``; every name it uses must be in ``known`` (default: ``variables``)."""
+        if "{" not in source:  # no tag, comment or expression: most fields are plain text
+            return source
+        compiled = self.compile(source, label)
+        self.check_names(compiled, variables.keys() if known is None else known, label, hint)
+        return self.run(compiled, variables, label)
+
+
+@functools.cache
+def _apps_engine() -> TemplateEngine:
+    return TemplateEngine(phase=PHASE)
 
 
 def _label(index: int, destination: str) -> str:
     return f"config_templates[{index}] ({destination})"
 
 
-def render(source: str, variables: Mapping[str, str], label: str = "template") -> str:
-    """Render one template; any undefined variable is a Config error naming it."""
-    env = _environment()
-    try:
-        ast = env.parse(source)
-    except TemplateSyntaxError as exc:
-        raise InvalidArgument(
-            f"{label}: syntax error on line {exc.lineno}: {exc.message}", category=Category.CONFIG,
-            phase=PHASE, details={"template": label},
-        ) from None
-    missing = sorted(meta.find_undeclared_variables(ast) - set(variables) - set(env.globals))
-    if missing:
-        raise InvalidArgument(
-            f"{label}: undefined variable {missing[0]!r}" + (f" (and {missing[1:]})" if missing[1:] else ""),
-            category=Category.CONFIG, phase=PHASE, details={"template": label, "variables": missing},
-        )
-    try:
-        return env.from_string(ast).render(dict(variables))
-    except UndefinedError as exc:  # e.g. an attribute of a defined variable
-        raise InvalidArgument(f"{label}: {exc.message}", phase=PHASE, details={"template": label}) from None
-    except TemplateError as exc:
-        raise InvalidArgument(f"{label}: {exc}", phase=PHASE, details={"template": label}) from None
+def render(source: str, variables: Mapping[str, Any], label: str = "template") -> str:
+    """Render one app template; any undefined variable is a Config error naming it."""
+    return _apps_engine().render(source, variables, label)
 
 
-def render_all(templates: Sequence[tuple[str, str]], variables: Mapping[str, str]) -> list[Rendered]:
+def render_all(templates: Sequence[tuple[str, str]], variables: Mapping[str, Any]) -> list[Rendered]:
     """Render ``(template, destination)`` pairs; fail before anything is written."""
     out = []
     for index, (source, destination) in enumerate(templates):
@@ -164,7 +247,7 @@ def _nearest_existing(path: Path) -> os.stat_result:
 
 
 def render_into_rootfs(
-    rootfs: Path, templates: Sequence[tuple[str, str]], variables: Mapping[str, str]
+    rootfs: Path, templates: Sequence[tuple[str, str]], variables: Mapping[str, Any]
 ) -> list[Path]:
     """Render every template, then write them all; an error writes nothing."""
     rendered = render_all(templates, variables)

@@ -103,14 +103,15 @@ def test_template_errors_name_template_and_variable(tmp_path: Path) -> None:
     doc = {**MINIMAL, "variables": {"port": {"type": "port", "default": 1}}, "components": [comp]}
     with pytest.raises(InvalidArgument) as err:
         _inst(tmp_path, doc, templates=tdir)
-    assert err.value.message.startswith("template c.conf.j2: uses undeclared variable(s) prot")
+    assert err.value.message == "template c.conf.j2: undefined variable 'prot'; declare it under 'variables'"
+    assert err.value.phase == "render" and err.value.details["variables"] == ["prot"]
     # a field template: names the field path
     comp2 = {**MINIMAL["components"][0], "command": ["run", "--port={{ port.nope }}"]}
     with pytest.raises(InvalidArgument) as err:
         _inst(tmp_path, {**doc, "components": [comp2]})
     assert "components.a.command[1]" in err.value.message and "nope" in err.value.message
     (tdir / "c.conf.j2").write_text("port={{ port\n")
-    with pytest.raises(InvalidArgument, match=r"template c.conf.j2: template syntax error line 1"):
+    with pytest.raises(InvalidArgument, match=r"template c.conf.j2: template syntax error on line 1"):
         _inst(tmp_path, doc, templates=tdir)
     comp3 = {**comp, "templates": [{"source": "missing.j2", "dest": "c.conf"}]}
     with pytest.raises(InvalidArgument, match="no such template"):
