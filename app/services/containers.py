@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -44,6 +45,7 @@ from app.runtime.forkserver import ForkServer
 from app.runtime.oci import spec as specgen
 from app.runtime.oci import state as oci_state
 from app.runtime.supervise import client
+from app.runtime.supervise import stdin as stdin_relay
 from app.runtime.supervise.shim import read_record
 from app.services.container_bundle import make_bundle, read_rootfs_file
 from app.services.container_types import (
@@ -161,7 +163,7 @@ class ContainerService:
             s.commit()
         self._rows[row.id] = row
         try:
-            await self._spawn(row, backend, bool(cfg["process"].get("terminal")))
+            await self._spawn(row, backend, bool(cfg["process"].get("terminal")), spec)
             await self._attach_network(row, req)
         except BaseException:
             await self._discard(row, backend)
@@ -173,9 +175,10 @@ class ContainerService:
         return make_bundle(req, directory, self._row, cgroup_parent=self.settings.cgroup_parent,
                            subordinate_ids=self.settings.subordinate_ids)
 
-    async def _spawn(self, row: ContainerRow, backend: Runtime, tty: bool) -> None:
+    async def _spawn(self, row: ContainerRow, backend: Runtime, tty: bool, spec: specgen.ContainerSpec) -> None:
         request = {"id": row.id, "bundle": row.bundle, "state_root": backend.root, "shims_root": self.shims_root,
-                   "log_path": row.log_path, "runtime": row.runtime, "tty": tty,
+                   "log_path": row.log_path, "runtime": row.runtime, "tty": tty, "stdin": spec.stdin,
+                   "stdin_once": spec.stdin_once,
                    "log_max_bytes": self.settings.log_max_bytes, "log_max_files": self.settings.log_max_files}
         try:
             record = await client.spawn_shim(self.forkserver, request)
@@ -330,6 +333,19 @@ class ContainerService:
                 await self.network.teardown(row.id)
             self._forget(row)
         self._emit("deleted", row.id)
+
+    async def attach_stdin(self, container_id: str) -> socket.socket:
+        """A non-blocking socket whose writes reach the container's stdin (created with ``stdin``)."""
+        row = self._refresh(self._row(container_id))
+        if row.status not in (ContainerStatus.CREATED.value, ContainerStatus.RUNNING.value):
+            raise FailedPrecondition(f"container {row.id!r} is {row.status}")
+        try:
+            sock = stdin_relay.connect(os.path.join(self.shims_root, row.id))
+        except OSError as exc:
+            raise FailedPrecondition(f"container {row.id!r} has no stdin to attach to (created without stdin, "
+                                     "or stdin_once already used)") from exc
+        sock.setblocking(False)
+        return sock
 
     async def reopen_log(self, container_id: str) -> None:
         """CRI ReopenContainerLog: the shim closes and reopens its log file (SIGUSR1)."""

@@ -250,3 +250,18 @@ async def test_runtime_default_seccomp(service: ContainerService, rootfs: Path) 
     _code, out, _ = await run(service, rootfs, seccomp="runtime/default", command=(
         "sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true 2>/dev/null || echo no-unshare"))
     assert out == ["Seccomp:\t2", "no-unshare"]
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "tty"])
+async def test_attach_stdin(service: ContainerService, rootfs: Path, tty: bool) -> None:
+    command = ("sh", "-c", "read line; echo got-$line") if tty else ("cat",)
+    spec = ContainerSpec(id=cid(), command=command, stdin=True, stdin_once=True, tty=tty)
+    info = await service.create(CreateRequest(spec=spec, rootfs=str(rootfs)))
+    await service.start(info.id)
+    sock = await service.attach_stdin(info.id)
+    await asyncio.get_running_loop().sock_sendall(sock, b"hello\n")
+    sock.close()  # stdin_once: the first client's EOF closes the container's stdin
+    assert await service.wait(info.id, 10) == 0
+    out = log_lines(info.log_path, "stdout")
+    assert any(line.strip() == ("got-hello" if tty else "hello") for line in out), out
+    await service.remove(info.id)

@@ -70,6 +70,7 @@ class ContainerSpec:
     readonly_rootfs: bool = False
     tty: bool = False
     stdin: bool = False
+    stdin_once: bool = False
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     annotations: dict[str, str] = field(default_factory=dict)

@@ -4,6 +4,7 @@ Forked from the fork server (in a session of its own, so it outlives the daemon)
 the container init's subreaper. Files (``<shims>/<id>/``)::
 
     shim.json   {"shimPid", "shimStart", "pid", "pidStartTime", "runtime", "logPath"}
+    attach.sock stdin relay (containers created with stdin), see supervise/stdin.py
     exit        {"status", "exitedAt", "pid"}   written atomically once the init is reaped
 
 Lifetime::
@@ -34,6 +35,7 @@ from app.runtime.kernel import PR_SET_CHILD_SUBREAPER
 from app.runtime.kernel.linux import LinuxKernel
 from app.runtime.oci import state
 from app.runtime.supervise.logs import LogWriter
+from app.runtime.supervise.stdin import StdinRelay
 
 
 def shim_dir(shims_root: str, container_id: str) -> str:
@@ -93,7 +95,10 @@ def _run(req: dict[str, Any], reply: socket.socket) -> int:
         out_r, child_out = os.pipe2(os.O_CLOEXEC)
         err_r, child_err = os.pipe2(os.O_CLOEXEC)
         streams = {out_r: "stdout", err_r: "stderr"}
-    os.dup2(devnull, 0)
+    stdin_r = stdin_w = -1
+    if req.get("stdin") and not req.get("tty"):
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    os.dup2(stdin_r if stdin_r >= 0 else devnull, 0)
     os.dup2(child_out, 1)
     os.dup2(child_err, 2)
     try:
@@ -105,13 +110,16 @@ def _run(req: dict[str, Any], reply: socket.socket) -> int:
     finally:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        for fd in {child_out, child_err} - {devnull}:
+        for fd in {child_out, child_err, stdin_r} - {devnull, -1}:
             os.close(fd)
+    stdin_target = stdin_w
     if console_parent is not None:
         master = _recv_fd(console_parent)
         console_parent.close()
         if master is not None:
             streams = {master: "stdout"}
+            stdin_target = master if req.get("stdin") else -1
+    relay = StdinRelay(directory, stdin_target, bool(req.get("stdin_once"))) if stdin_target >= 0 else None
     record = {
         "shimPid": os.getpid(),
         "shimStart": (state.proc_stat(os.getpid()) or ("", 0))[1],
@@ -124,8 +132,10 @@ def _run(req: dict[str, Any], reply: socket.socket) -> int:
     reply.send(json.dumps({"type": "created"} | record).encode())
     reply.close()
     writer = LogWriter(req["log_path"], int(req.get("log_max_bytes") or 0), int(req.get("log_max_files") or 1))
-    status = _copy_loop(streams, wake_r, pid, writer, reopen)
+    status = _copy_loop(streams, wake_r, pid, writer, reopen, relay)
     writer.close()
+    if relay is not None:
+        relay.close()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
     state.write_atomic(
         os.path.join(directory, "exit"), json.dumps({"status": status, "exitedAt": stamp, "pid": pid}).encode()
@@ -166,13 +176,18 @@ def _create_in_child(kernel: LinuxKernel, req: dict[str, Any], console: socket.s
     return result
 
 
-def _copy_loop(streams: dict[int, str], wake_r: int, pid: int, writer: LogWriter, reopen: list[bool]) -> int:
+def _copy_loop(streams: dict[int, str], wake_r: int, pid: int, writer: LogWriter, reopen: list[bool],
+               relay: StdinRelay | None = None) -> int:
     status: int | None = None
     drain_deadline = 0.0
     while True:
         timeout = 1.0 if status is None else max(0.0, drain_deadline - time.monotonic())
-        ready, _, _ = select.select([*streams, wake_r], [], [], timeout)
+        extra = relay.fds() if relay is not None and status is None else []
+        ready, _, _ = select.select([*streams, wake_r, *extra], [], [], timeout)
         for fd in ready:
+            if relay is not None and fd in extra:
+                relay.handle(fd)
+                continue
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 512)
