@@ -1,4 +1,5 @@
-"""Bundle preparation for the container service: generated config.json or the caller's bundle.
+"""Pure-ish helpers of the container service: bundle preparation (generated config.json or the
+caller's bundle), the exec request, row → ContainerInfo, signal names.
 
 Network modes resolved here: ``host | none | new | <netns path>`` go to the spec as is;
 ``container:<id>`` joins the target's net namespace (and, rootless, its user namespace,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 from app.errors import FailedPrecondition, InvalidArgument
 from app.runtime.oci import spec as specgen
 from app.runtime.oci import state as oci_state
-from app.services.container_types import CreateRequest
+from app.services.container_types import ContainerInfo, ContainerStatus, CreateRequest
 from app.state.models.containers import ContainerRow
 
 Lookup = Callable[[str], ContainerRow]
@@ -101,3 +103,42 @@ def subid_maps(path: str, own: int) -> tuple[specgen.IdMap, ...]:
         if len(parts) == 3 and parts[0] in (name, str(own)) and shutil.which("newuidmap"):
             return (specgen.IdMap(0, own, 1), specgen.IdMap(1, int(parts[1]), int(parts[2])))
     return ()
+
+
+def exec_request(row: ContainerRow, argv: list[str], *, env: list[str] | None, user: str | None,
+                 workdir: str | None, cgroups: list[str]) -> dict[str, Any]:
+    """What the exec helper needs: the init to join and the process as the container's config has it."""
+    cfg = json.loads((Path(row.bundle) / "config.json").read_text())
+    proc = cfg["process"]
+    process_user = proc.get("user") or {}
+    if user:
+        passwd, group = read_rootfs_file(row.rootfs, "etc/passwd"), read_rootfs_file(row.rootfs, "etc/group")
+        process_user = specgen.resolve_user(user, passwd, group)
+    return {"pid": row.pid, "pidStartTime": row.pid_start, "argv": list(argv),
+            "env": specgen.merge_env(proc.get("env"), tuple(env or ())), "cwd": workdir or proc.get("cwd"),
+            "user": process_user, "capabilities": proc.get("capabilities"),
+            "noNewPrivileges": proc.get("noNewPrivileges", False), "seccomp": (cfg.get("linux") or {}).get("seccomp"),
+            "cgroups": cgroups}
+
+
+def info_from_row(row: ContainerRow) -> ContainerInfo:
+    status = ContainerStatus(row.status) if row.status in ContainerStatus._value2member_map_ \
+        else ContainerStatus.UNKNOWN
+    return ContainerInfo(
+        id=row.id, name=row.name, status=status, runtime=row.runtime, image=row.image, bundle=row.bundle,
+        rootfs=row.rootfs, log_path=row.log_path, pid=row.pid if status != ContainerStatus.EXITED else None,
+        exit_code=row.exit_code, created_at=row.created_at, started_at=row.started_at,
+        finished_at=row.finished_at, network=row.network, stop_signal=row.stop_signal,
+        labels=json.loads(row.labels), annotations=json.loads(row.annotations))
+
+
+def signal_number(sig: int | str) -> int:
+    if isinstance(sig, int):
+        return sig
+    text = sig.upper()
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(signal.Signals[text if text.startswith("SIG") else "SIG" + text])
+    except KeyError as exc:
+        raise InvalidArgument(f"unknown signal {sig!r}", details={"field": "signal"}) from exc

@@ -47,7 +47,7 @@ from app.runtime.oci import state as oci_state
 from app.runtime.supervise import client
 from app.runtime.supervise import stdin as stdin_relay
 from app.runtime.supervise.shim import read_record
-from app.services.container_bundle import make_bundle, read_rootfs_file
+from app.services.container_bundle import exec_request, info_from_row, make_bundle, signal_number
 from app.services.container_types import (
     ContainerEvent,
     ContainerInfo,
@@ -276,7 +276,7 @@ class ContainerService:
         row = self._refresh(self._row(container_id))
         if row.status not in (ContainerStatus.CREATED.value, ContainerStatus.RUNNING.value):
             raise FailedPrecondition(f"container {row.id!r} is {row.status}: nothing to signal")
-        number = _signal_number(sig)
+        number = signal_number(sig)
         try:
             await asyncio.to_thread(self._backend(row.runtime).kill, row.id, number, all_processes)
         except RuntimeFailure as exc:
@@ -365,19 +365,9 @@ class ContainerService:
             raise FailedPrecondition(f"container {row.id!r} is {row.status}, not running")
         if not argv:
             raise InvalidArgument("exec needs a command", details={"field": "argv"})
-        cfg = json.loads((Path(row.bundle) / "config.json").read_text())
-        proc = cfg["process"]
         native_state = oci_state.load(self.backends["native"].root, row.id) or {}
-        process_user = proc.get("user") or {}
-        if user:
-            passwd, group = read_rootfs_file(row.rootfs, "etc/passwd"), read_rootfs_file(row.rootfs, "etc/group")
-            process_user = specgen.resolve_user(user, passwd, group)
-        request = {"pid": row.pid, "pidStartTime": row.pid_start, "argv": list(argv),
-                   "env": specgen.merge_env(proc.get("env"), tuple(env or ())), "cwd": workdir or proc.get("cwd"),
-                   "user": process_user, "capabilities": proc.get("capabilities"),
-                   "noNewPrivileges": proc.get("noNewPrivileges", False),
-                   "seccomp": (cfg.get("linux") or {}).get("seccomp"),
-                   "cgroups": native_state.get("cgroups") or []}
+        request = exec_request(row, argv, env=env, user=user, workdir=workdir,
+                               cgroups=native_state.get("cgroups") or [])
         try:
             return await client.start_exec(self.forkserver, request, tty=tty, stdin=stdin)
         except client.SuperviseError as exc:
@@ -427,14 +417,7 @@ class ContainerService:
         return infos
 
     def _info(self, row: ContainerRow) -> ContainerInfo:
-        status = ContainerStatus(row.status) if row.status in ContainerStatus._value2member_map_ \
-            else ContainerStatus.UNKNOWN
-        return ContainerInfo(
-            id=row.id, name=row.name, status=status, runtime=row.runtime, image=row.image, bundle=row.bundle,
-            rootfs=row.rootfs, log_path=row.log_path, pid=row.pid if status != ContainerStatus.EXITED else None,
-            exit_code=row.exit_code, created_at=row.created_at, started_at=row.started_at,
-            finished_at=row.finished_at, network=row.network, stop_signal=row.stop_signal,
-            labels=json.loads(row.labels), annotations=json.loads(row.annotations))
+        return info_from_row(row)
 
     # --- restart ------------------------------------------------------------------------------
     async def restore(self) -> builtins.list[ContainerInfo]:
@@ -455,15 +438,3 @@ class ContainerService:
         for task in list(self._watchers.values()):
             task.cancel()
         self._watchers.clear()
-
-
-def _signal_number(sig: int | str) -> int:
-    if isinstance(sig, int):
-        return sig
-    text = sig.upper()
-    if text.isdigit():
-        return int(text)
-    try:
-        return int(signal.Signals[text if text.startswith("SIG") else "SIG" + text])
-    except KeyError as exc:
-        raise InvalidArgument(f"unknown signal {sig!r}", details={"field": "signal"}) from exc
