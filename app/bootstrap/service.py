@@ -30,6 +30,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 
 from app.bootstrap import kubeconfig as kubeconfigmod
+from app.bootstrap import metrics as bmetrics
 from app.bootstrap.catalog import ProfileStore
 from app.bootstrap.driver import ComponentDriver
 from app.bootstrap.instantiate import Instance, Intent, NodeContext, instantiate
@@ -101,8 +102,9 @@ class BootstrapService:
         self.events = EventLog()
         self.driver = driver
         self.reconciler = Reconciler(driver, load=self.store.records, save=self.store.save_records,
-                                     forget=self.store.delete_record, policy=policy, emit=self.events.emit,
+                                     forget=self.store.delete_record, policy=policy, emit=self._loop_event,
                                      bootstrap_dir=node.bootstrap_dir)
+        self.gauges = bmetrics.StateGauges(node.pki_dir)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.reconciler.on_settled = self._wake.set  # a finished start lets dependents go at once
@@ -206,10 +208,22 @@ class BootstrapService:
         return desired
 
     # --- passes ----------------------------------------------------------------------
+    def _loop_event(self, event: dict[str, Any]) -> None:
+        bmetrics.on_event(event)  # restarts are counted from the same events the stream shows
+        self.events.emit(event)
+
     async def reconcile_once(self) -> list[Action]:
         async with self._lock:
-            desired = await asyncio.to_thread(self._prepare)
-            return await self.reconciler.run_pass(desired.components, skip_intents=set(desired.failed))
+            started = time.perf_counter()
+            try:
+                desired = await asyncio.to_thread(self._prepare)
+                actions = await self.reconciler.run_pass(desired.components, skip_intents=set(desired.failed))
+            except Exception:
+                bmetrics.observe_pass(time.perf_counter() - started, None)
+                raise
+            bmetrics.observe_pass(time.perf_counter() - started, actions)
+            self.gauges.observe((self.reconciler.records or {}).values())
+            return actions
 
     async def apply(self, timeout: float = 300.0) -> dict[str, Any]:
         """Converge now: passes until nothing is left to do; returns the status."""
@@ -217,6 +231,7 @@ class BootstrapService:
             desired = await asyncio.to_thread(self._prepare)
             await self.reconciler.converge(desired.components, timeout=timeout,
                                            skip_intents=set(desired.failed))
+            self.gauges.observe((self.reconciler.records or {}).values())
         return await self.status()
 
     async def plan(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Intents over vappc against the real daemon: the real BootstrapService, a real etcd.
+"""Intents over vappc against the real daemon: the real BootstrapService, a real etcd,
+and the loop's metrics on the daemon's /metrics.
 
 Components run with the host driver (Debian's etcd-server, TLS from our PKI,
 health-checked over HTTPS with a client certificate), as tests/bootstrap/test_daemon.py
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.bootstrap.driver import HostProcessDriver
 from app.errors import Category
@@ -32,6 +37,22 @@ def _vappc(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "app.vappc.cli", "--socket", str(d.vappc_socket), *args],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def _metrics(d: DaemonProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = d.get("/metrics")
+    assert r.status_code == 200, r.text
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(r.text) for smp in fam.samples
+            if smp.name.startswith("vapp_bootstrap_")}
+
+
+def _wait(pred: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.1)
 
 
 def _cleanup(work: Path) -> None:
@@ -88,6 +109,22 @@ def test_apply_list_delete_intent_over_vappc(tmp_path: Path) -> None:
             put = subprocess.run([*etcdctl, "put", "k", "v"], capture_output=True, text=True, timeout=30)
             assert put.returncode == 0, put.stderr
 
+            # The loop's metrics on the daemon's /metrics.
+            m = _metrics(d)
+            assert m[("vapp_bootstrap_components", (("phase", "running"),))] == 1
+            assert m[("vapp_bootstrap_components", (("phase", "crashloop"),))] == 0
+            assert m[("vapp_bootstrap_cert_expiry_seconds", (("name", "etcd-server"),))] > 300 * 86400
+            assert m[("vapp_bootstrap_reconcile_duration_seconds_count", ())] >= 1
+            passes = sum(v for (n, _), v in m.items() if n == "vapp_bootstrap_reconcile_passes_total")
+            assert passes >= 1 and m.get(("vapp_bootstrap_reconcile_passes_total", (("result", "error"),)), 0) == 0
+            # Kill etcd (the pid the host driver reports): the loop restarts it and counts it.
+            os.kill(int(comp["id"]), signal.SIGKILL)
+            key = ("vapp_bootstrap_component_restarts_total", (("component", "db.etcd"),))
+            _wait(lambda: _metrics(d).get(key, 0) >= 1, "restart counted")
+            _wait(lambda: c.list_intents()["components"][0]["healthy"] is True
+                  and c.list_intents()["components"][0]["phase"] == "running", "etcd back")
+            comp = c.list_intents()["components"][0]
+
             # Re-applying the same intent changes nothing.
             again = c.apply_intent(intent)
             assert again["intent"]["changed"] is False and again["components"][0]["id"] == comp["id"]
@@ -112,12 +149,9 @@ def test_apply_list_delete_intent_over_vappc(tmp_path: Path) -> None:
         assert out.returncode == 1 and "Config" in out.stderr and "no intent 'db'" in out.stderr
 
         with Client(d.vappc_socket, timeout=60) as c:
-            import time
-
-            deadline = time.monotonic() + 60
-            while c.list_intents()["components"] and time.monotonic() < deadline:
-                time.sleep(0.1)
+            _wait(lambda: not c.list_intents()["components"], "pruned")
             assert c.list_intents() == {"intents": [], "components": []}
+        _wait(lambda: _metrics(d)[("vapp_bootstrap_components", (("phase", "running"),))] == 0, "gauge updated")
     finally:
         d.kill()
         _cleanup(work)
