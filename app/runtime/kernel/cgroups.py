@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -27,12 +26,15 @@ class CgroupError(OSError):
     pass
 
 
-@dataclass
 class CgroupSet:
-    """The directories one container's cgroup occupies (one per v1 controller, or one on v2)."""
+    """The directories one container's cgroup occupies (one per v1 controller, or one on v2).
 
-    dirs: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # why limits were not applied
+    A plain class, not a dataclass: vapp-oci imports this on every call, and ``dataclasses``
+    (with ``inspect``) costs several ms of start-up."""
+
+    def __init__(self, dirs: list[str] | None = None, skipped: list[str] | None = None) -> None:
+        self.dirs: list[str] = dirs or []
+        self.skipped: list[str] = skipped or []  # why limits were not applied
 
 
 def is_v2(root: str = CGROUP_ROOT) -> bool:

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from app.runtime.kernel import cgroups
-from app.runtime.oci import hooks, state
+from app.runtime.oci import state
 
 
 class OpError(Exception):
@@ -46,8 +46,11 @@ def start(root: str, container_id: str) -> dict[str, Any]:
     if reply:
         code, _, message = reply.decode(errors="replace").partition(" ")
         raise OpError(message, int(code) if code.isdigit() else 1)
-    public = state.public_state(root, st)
-    hooks.run_hooks_warn((st.get("hooks") or {}).get("poststart"), public, "poststart")
+    poststart = (st.get("hooks") or {}).get("poststart")
+    if poststart:
+        from app.runtime.oci import hooks  # only with hooks: keeps `vapp-oci start` quick
+
+        hooks.run_hooks_warn(poststart, state.public_state(root, st), "poststart")
     return st
 
 
@@ -88,7 +91,11 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
     cgroups.remove(list(st.get("cgroups") or []))
     public = state.public_state(root, st) | {"status": "stopped"}
     state.remove(root, container_id)
-    hooks.run_hooks_warn((st.get("hooks") or {}).get("poststop"), public, "poststop")
+    poststop = (st.get("hooks") or {}).get("poststop")
+    if poststop:
+        from app.runtime.oci import hooks
+
+        hooks.run_hooks_warn(poststop, public, "poststop")
 
 
 SIGNALS = {name[3:]: getattr(signal, name) for name in dir(signal)
