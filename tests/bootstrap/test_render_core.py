@@ -65,7 +65,7 @@ def test_profile_renderer_uses_declared_names(tmp_path: Path) -> None:
     # Declared names decide, not what happens to be in the context.
     assert info.value.message == "components.c.env.X: undefined variable 'other'; declare it under 'variables'"
     assert r.render_tree({"a": ["{{ port }}", 3]}, {"port": 5}, where="f") == {"a": ["5", 3]}
-    with pytest.raises(InvalidArgument, match="template nope.j2: no such template in the profile"):
+    with pytest.raises(InvalidArgument, match=r"template nope\.j2: no such template in the profile"):
         r.render_file("nope.j2", {})
     with pytest.raises(InvalidArgument, match="no templates directory"):
         Renderer(None, []).render_file("x.j2", {})
