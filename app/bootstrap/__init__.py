@@ -4,7 +4,7 @@ Modules, from pure to effectful::
 
     schema.py       profile documents (pydantic; errors name the field)
     variables.py    declared template variables: types, validation, built-ins
-    render.py       strict sandboxed Jinja2 (undeclared/undefined names are errors)
+    render.py       profile rendering (declared names, templates dir) on app.runtime.templates' engine
     graph.py        dependency order
     instantiate.py  intent + profile + node facts → Instance (PKI requests, components)
     model.py        desired components, observations, actions (the lifecycle is drawn there)
@@ -17,4 +17,5 @@ Modules, from pure to effectful::
     store.py        intents and records in the database; the watched intent directory
     catalog.py      where profiles come from (built-ins in profiles/)
     service.py      BootstrapService: what the front doors and the daemon call
+    metrics.py      Prometheus metrics the loop updates (passes, restarts, phases, cert expiry)
 """
