@@ -18,6 +18,7 @@ Checks (severity of a failure)::
     cgroups                       warn: limits not applied when nothing is writable
     CAP_SYS_RESOURCE              warn: oom_score_adj and rlimits clamped
     crun/runc                     warn: the native backend only
+    snapshotter                   always ok: which one ``runtime.snapshotter = auto`` picks, and why
 
 Probes run concurrently (each bounded by ``CheckEnv.timeout``), results come
 back in the order above.

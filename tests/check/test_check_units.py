@@ -161,7 +161,7 @@ def test_results_in_documented_order() -> None:
     results = run_checks(CheckEnv(search_path=os.devnull))
     names = [r.name for r in results]
     assert names[:3] == ["user namespaces", "/etc/subuid range", "/etc/subgid range"]
-    assert names[-1] == "crun/runc" and len(names) == 12
+    assert names[-1] == "snapshotter" and len(names) == 13
     assert [r.id for r in results] == ["userns", "subuid", "subgid", "idmap_helpers", "pasta", "tun", "fuse",
                                        "overlay_userns", "fuse_overlayfs", "cgroups", "cap_sys_resource",
-                                       "oci_runtimes"]
+                                       "oci_runtimes", "snapshotter"]
