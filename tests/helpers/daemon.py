@@ -77,7 +77,7 @@ class DaemonProcess:
         ]
 
     def environment(self) -> dict[str, str]:
-        env = {"PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {"PYTHONPATH": str(REPO_ROOT)}
         if self.user is None:
             env = {**os.environ, **env}
             env.pop("NOTIFY_SOCKET", None)
