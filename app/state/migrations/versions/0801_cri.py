@@ -7,8 +7,8 @@ Revises: 0001_base
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+from sqlmodel.sql.sqltypes import AutoString
 
 revision = "0801_cri"
 down_revision = "0001_base"
@@ -17,7 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    s = sqlmodel.sql.sqltypes.AutoString
+    s = AutoString
     op.create_table(
         "cri_pod",
         sa.Column("id", s(length=64), nullable=False),
