@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,10 +44,17 @@ def load_config(bundle: str) -> dict[str, Any]:
     return cfg
 
 
+# SemVer 2.0.0: MAJOR.MINOR.PATCH[-prerelease][+build]
+_SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?")
+
+
 def validate(cfg: dict[str, Any], bundle: str) -> None:
     """Reject what we cannot honour, naming the field; resolve root.path against the bundle."""
     if not isinstance(cfg.get("ociVersion"), str):
         raise CreateError("config.json: ociVersion is required")
+    version = _SEMVER.fullmatch(cfg["ociVersion"])
+    if version is None or version.group(1) != "1":  # the spec: SemVer, and we speak 1.x only
+        raise CreateError(f"config.json: ociVersion {cfg['ociVersion']!r} is not a supported 1.x SemVer version")
     root = cfg.get("root") or {}
     if not root.get("path"):
         raise CreateError("config.json: root.path is required")

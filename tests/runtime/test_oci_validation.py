@@ -1,0 +1,41 @@
+"""Regressions for OCI runtime-tools validation checks (`bench/oci_validation.py`), driven
+through the ``vapp-oci`` command line the way the suite drives a runtime."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.runtime.test_oci_cli import RUNTIMES, Cli, edit, make_bundle
+
+
+@pytest.fixture
+def vcli() -> Iterator[Cli]:
+    root = Path(f"/tmp/vrt-val-{uuid.uuid4().hex[:8]}")
+    yield Cli(RUNTIMES["vapp-oci"], root)
+    subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+@pytest.mark.parametrize("version", ["invalid", "2.0.0", "1.0"])
+def test_invalid_oci_version_rejected(vcli: Cli, rootfs: Path, tmp_path: Path, version: str) -> None:
+    # misc_props: "MUST generate an error when invalid or unsupported values are encountered"
+    bundle = make_bundle(rootfs, tmp_path, ["true"])
+    edit(bundle, lambda c: c.update(ociVersion=version))
+    cid = f"v-{uuid.uuid4().hex[:6]}"
+    result = vcli("create", "--bundle", str(bundle), cid, check=False, stdin=subprocess.DEVNULL)
+    assert result.returncode != 0 and "ociVersion" in result.stderr
+    assert vcli("state", cid, check=False).returncode != 0  # nothing half-created
+
+
+def test_unknown_properties_and_annotations_accepted(vcli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    # misc_props: unknown properties and annotation keys MUST NOT be an error; annotations reach state
+    bundle = make_bundle(rootfs, tmp_path, ["true"])
+    edit(bundle, lambda c: c.update(ociVersion="1.0.2-dev", unknown="x", annotations={"org.x.y": ""}))
+    cid = f"u-{uuid.uuid4().hex[:6]}"
+    vcli("create", "--bundle", str(bundle), cid, stdin=subprocess.DEVNULL)
+    assert vcli.state(cid)["annotations"] == {"org.x.y": ""}
+    vcli("delete", "--force", cid)
