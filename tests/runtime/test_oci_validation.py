@@ -3,6 +3,7 @@ through the ``vapp-oci`` command line the way the suite drives a runtime."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -38,4 +39,19 @@ def test_unknown_properties_and_annotations_accepted(vcli: Cli, rootfs: Path, tm
     cid = f"u-{uuid.uuid4().hex[:6]}"
     vcli("create", "--bundle", str(bundle), cid, stdin=subprocess.DEVNULL)
     assert vcli.state(cid)["annotations"] == {"org.x.y": ""}
+    vcli("delete", "--force", cid)
+
+
+def test_prestart_hook_sees_created_state(vcli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    # hooks_stdin: the prestart hook gets the state (id, bundle, pid, annotations, status "created")
+    out = tmp_path / "prestart.json"
+    bundle = make_bundle(rootfs, tmp_path, ["true"])
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", f"cat > {out}"], "timeout": 5}
+    edit(bundle, lambda c: c.update(annotations={"org.k": "v"}, hooks={"prestart": [hook]}))
+    cid = f"h-{uuid.uuid4().hex[:6]}"
+    vcli("create", "--bundle", str(bundle), cid, stdin=subprocess.DEVNULL)
+    seen = json.loads(out.read_text())
+    st = vcli.state(cid)
+    assert seen["status"] == "created" and seen["pid"] == st["pid"] > 0
+    assert seen["id"] == cid and seen["bundle"] == str(bundle) and seen["annotations"] == {"org.k": "v"}
     vcli("delete", "--force", cid)

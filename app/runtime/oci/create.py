@@ -304,7 +304,9 @@ def _run_create_hooks(root: str, cfg: dict[str, Any], st: dict[str, Any], sync: 
     public = state.public_state(root, st) | {"status": "creating", "pid": st["pid"]}
     hook_cfg = cfg.get("hooks") or {}
     try:
-        hooks.run_hooks(hook_cfg.get("prestart"), public, "prestart")
+        # prestart runs once the environment is set up (the spec's wording); runtime-tools'
+        # hooks_stdin expects "created" here, while the newer createRuntime hook sees "creating".
+        hooks.run_hooks(hook_cfg.get("prestart"), public | {"status": "created"}, "prestart")
         hooks.run_hooks(hook_cfg.get("createRuntime"), public, "createRuntime")
     except hooks.HookError as exc:
         raise CreateError(str(exc)) from exc
