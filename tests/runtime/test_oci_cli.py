@@ -308,3 +308,20 @@ def test_driven_by_containerd(rootfs: Path, tmp_path: Path) -> None:
         daemon.terminate()
         daemon.wait(10)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_ps_and_kill_all(cli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(rootfs, tmp_path, ["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    cid = f"p-{uuid.uuid4().hex[:6]}"
+    cli("run", "--detach", "--bundle", str(bundle), cid, stdin=subprocess.DEVNULL)
+    st = cli.state(cid)
+    deadline = time.monotonic() + 5
+    while len(pids := json.loads(cli("ps", "--format", "json", cid).stdout)) < 3:
+        assert time.monotonic() < deadline, pids
+        time.sleep(0.05)
+    assert st["pid"] in pids
+    cli("kill", "--all", cid, "KILL")
+    cli.wait_status(cid, "stopped")
+    assert not any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
+                   for p in pids)
+    cli("delete", cid)

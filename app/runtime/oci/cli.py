@@ -5,7 +5,7 @@
       start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID
       run [-b BUNDLE] [--pid-file F] [--console-socket S] [--detach] ID
       exec [--process F | COMMAND...] [--detach] [--pid-file F] [--console-socket S] [--tty] ID
-      spec [--rootless] [-b BUNDLE] | features | list
+      spec [--rootless] [-b BUNDLE] | ps [--format json] ID | features | list
 
 Exit status 0 on success, 1 on error (127/126 when the process cannot be executed),
 and for ``run`` the container's exit status. Errors go to stderr and to ``--log``.
@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("spec")
     s.add_argument("--rootless", action="store_true")
     s.add_argument("--bundle", "-b", default=".")
+    ps = sub.add_parser("ps")
+    ps.add_argument("--format", "-f", default="table")
+    ps.add_argument("id")
+    ps.add_argument("ps_args", nargs="*")
     sub.add_parser("features")
     lst = sub.add_parser("list")
     lst.add_argument("--format", "-f", default="table")
@@ -145,6 +149,10 @@ def _dispatch(args: argparse.Namespace, root: str) -> int:
         spec = defaults.runc_spec(args.rootless, os.geteuid(), os.getegid())
         with open(path, "w") as fh:
             json.dump(spec, fh, indent=2)
+    elif command == "ps":
+        st = ops.get(root, args.id)
+        pids = ops.processes(st) if state.live_status(root, st) in ("created", "running") else []
+        print(json.dumps(pids) if args.format == "json" else "\n".join(["PID", *map(str, pids)]))
     elif command == "features":
         print(json.dumps(_features(), indent=2))
     elif command == "list":

@@ -59,10 +59,21 @@ def kill(root: str, container_id: str, sig: int, all_processes: bool = False) ->
     status = state.live_status(root, st)
     if status not in ("created", "running"):
         raise OpError(f"cannot kill a container that is {status}")
-    pids = cgroups.procs(list(st.get("cgroups") or [])) if all_processes else []
+    pids = processes(st) if all_processes else []
     for pid in pids or [int(st["pid"])]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+
+def processes(st: dict[str, Any]) -> list[int]:
+    """The container's processes: its cgroups' members, else everything in its pid namespace."""
+    pids = cgroups.procs(list(st.get("cgroups") or []))
+    if not pids and st.get("pid") and state.process_alive(int(st["pid"]), st.get("pidStartTime")):
+        own = os.readlink("/proc/self/ns/pid")
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{st['pid']}/ns/pid") != own:  # only a pid namespace of its own
+                pids = state.pids_in_pid_namespace(int(st["pid"]))
+    return pids
 
 
 def wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
@@ -83,7 +94,7 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
         raise OpError(f"cannot delete container {container_id!r} that is not stopped: {status}")
     pid = int(st.get("pid") or 0)
     if status in ("created", "running", "creating") and pid:
-        for target in cgroups.procs(list(st.get("cgroups") or [])) or [pid]:
+        for target in processes(st) or [pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGKILL)
         if not wait_gone(pid, st.get("pidStartTime"), 5.0):

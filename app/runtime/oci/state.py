@@ -130,6 +130,21 @@ def public_state(root: str, state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def pids_in_pid_namespace(pid: int) -> list[int]:
+    """Every process sharing ``pid``'s pid namespace (works without cgroups); [] if it is gone."""
+    try:
+        target = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return []
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/pid") == target:
+                    out.append(int(entry))
+    return sorted(out)
+
+
 def remove(root: str, container_id: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(container_dir(root, container_id))
