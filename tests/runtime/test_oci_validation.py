@@ -55,3 +55,20 @@ def test_prestart_hook_sees_created_state(vcli: Cli, rootfs: Path, tmp_path: Pat
     assert seen["status"] == "created" and seen["pid"] == st["pid"] > 0
     assert seen["id"] == cid and seen["bundle"] == str(bundle) and seen["annotations"] == {"org.k": "v"}
     vcli("delete", "--force", cid)
+
+
+def test_failing_poststop_hook_warns_and_the_rest_still_run(vcli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    # poststop_fail: a failing poststop hook is a warning; the remaining hooks and delete go on
+    out = tmp_path / "poststop.out"
+    bundle = make_bundle(rootfs, tmp_path, ["true"])
+    hooks = [{"path": "/bin/false", "args": ["false"]},
+             {"path": "/bin/sh", "args": ["sh", "-c", f"echo post-stop called >> {out}"]}]
+    edit(bundle, lambda c: c.update(hooks={"poststop": hooks}))
+    cid = f"p-{uuid.uuid4().hex[:6]}"
+    vcli("create", "--bundle", str(bundle), cid, stdin=subprocess.DEVNULL)
+    vcli("start", cid)
+    vcli.wait_status(cid, "stopped")
+    done = vcli("delete", cid)
+    assert "warning" in done.stderr and "/bin/false" in done.stderr
+    assert out.read_text() == "post-stop called\n"
+    assert vcli("state", cid, check=False).returncode != 0

@@ -37,8 +37,10 @@ def run_hooks(hooks: list[dict[str, Any]] | None, state: dict[str, Any], stage: 
 
 
 def run_hooks_warn(hooks: list[dict[str, Any]] | None, state: dict[str, Any], stage: str) -> None:
-    """poststart/poststop: failures are logged, the operation continues (spec: MUST log a warning)."""
-    try:
-        run_hooks(hooks, state, stage)
-    except HookError as exc:
-        os.write(2, f"vapp-oci: warning: {exc}\n".encode())
+    """poststart/poststop: a failing hook is logged and the remaining hooks still run (the spec:
+    log a warning, continue "as if the hook had succeeded")."""
+    for hook in hooks or []:
+        try:
+            run_hooks([hook], state, stage)
+        except HookError as exc:
+            os.write(2, f"vapp-oci: warning: {exc}\n".encode())
