@@ -72,3 +72,19 @@ def test_failing_poststop_hook_warns_and_the_rest_still_run(vcli: Cli, rootfs: P
     assert "warning" in done.stderr and "/bin/false" in done.stderr
     assert out.read_text() == "post-stop called\n"
     assert vcli("state", cid, check=False).returncode != 0
+
+
+def test_poststart_hook_state_of_a_process_that_already_exited(vcli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    # hooks_stdin: poststart gets status "running" and the pid even when the process exits at once
+    out = tmp_path / "poststart.json"
+    bundle = make_bundle(rootfs, tmp_path, ["true"])
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", f"cat > {out}"]}  # `true` often exits before start returns
+    edit(bundle, lambda c: c.update(hooks={"poststart": [hook]}))
+    cid = f"s-{uuid.uuid4().hex[:6]}"
+    vcli("create", "--bundle", str(bundle), cid, stdin=subprocess.DEVNULL)
+    pid = vcli.state(cid)["pid"]
+    vcli("start", cid)
+    seen = json.loads(out.read_text())
+    assert seen["status"] == "running" and seen["pid"] == pid > 0 and seen["id"] == cid
+    vcli.wait_status(cid, "stopped")
+    vcli("delete", cid)

@@ -50,7 +50,10 @@ def start(root: str, container_id: str) -> dict[str, Any]:
     if poststart:
         from app.runtime.oci import hooks  # only with hooks: keeps `vapp-oci start` quick
 
-        hooks.run_hooks_warn(poststart, state.public_state(root, st), "poststart")
+        # The process was running when exec happened; a quick one may be gone already, but the
+        # hook is told about the start it follows (status running, the container's pid).
+        public = state.public_state(root, st) | {"status": "running", "pid": st["pid"]}
+        hooks.run_hooks_warn(poststart, public, "poststart")
     return st
 
 
