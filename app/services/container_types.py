@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from app.runtime.oci.spec import ContainerSpec
 
@@ -83,26 +84,15 @@ class ContainerEvent:
     exit_code: int | None = None
 
 
-class NetworkHook(Protocol):
-    """The seam to the network engineer's attach/detach (``app.runtime.network``).
-
-    ``setup`` runs after the container's namespaces exist (before start) with its init pid
-    and, when the runtime created a netns, that pid's ``/proc/<pid>/ns/net``; it returns
-    facts to keep (addresses, helper pids…). ``teardown`` runs on remove, idempotently.
-    """
-
-    async def setup(self, container_id: str, mode: str, ports: list[dict[str, Any]],
-                    pid_or_netns: int | str) -> dict[str, Any]: ...
-
-    async def teardown(self, container_id: str) -> None: ...
-
-
 class HostNetwork:
     """Default hook: ``host`` shares the host's stack, ``none``/``new`` keep a lone loopback."""
 
-    async def setup(self, container_id: str, mode: str, ports: list[dict[str, Any]],
-                    pid_or_netns: int | str) -> dict[str, Any]:
+    async def setup(self, container_id: str, mode: str, ports: Sequence[Any] = (),
+                    target: int | str | None = None, *, hostname: str | None = None) -> dict[str, Any]:
         return {"mode": mode}
+
+    def netns_path(self, container_id: str) -> str | None:
+        return None
 
     async def teardown(self, container_id: str) -> None:
         return None

@@ -30,7 +30,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from app.runtime.backends.base import Runtime, RuntimeFailure
 from app.runtime.backends.external import ExternalRuntime
 from app.runtime.backends.native import NativeRuntime
 from app.runtime.forkserver import ForkServer
+from app.runtime.network import NetworkHook
 from app.runtime.oci import spec as specgen
 from app.runtime.oci import state as oci_state
 from app.runtime.supervise import client
@@ -55,7 +56,6 @@ from app.services.container_types import (
     CreateRequest,
     ExecResult,
     HostNetwork,
-    NetworkHook,
 )
 from app.state.db import Database
 from app.state.models.containers import ContainerRow
@@ -147,6 +147,7 @@ class ContainerService:
                                     details={"id": spec.id, "name": name})
         directory = self.containers_dir / spec.id
         log_path = req.log_path or str(directory / "container.log")
+        req = await self._with_etc_files(req)
         try:
             bundle, cfg = self._bundle(req, directory)
         except BaseException:
@@ -170,6 +171,15 @@ class ContainerService:
             raise
         self._emit("created", row.id)
         return self._info(row)
+
+    async def _with_etc_files(self, req: CreateRequest) -> CreateRequest:
+        """Bind the network's /etc/{hosts,resolv.conf,hostname} unless the caller chose its own (CRI does)."""
+        spec = req.spec
+        prepare = getattr(self.network, "prepare_files", None)
+        if spec.etc_files or req.bundle or prepare is None or spec.network.startswith("/"):
+            return req
+        files = await asyncio.to_thread(prepare, spec.id, spec.network, spec.hostname)
+        return replace(req, spec=replace(spec, etc_files=files))
 
     def _bundle(self, req: CreateRequest, directory: Path) -> tuple[str, dict[str, Any]]:
         return make_bundle(req, directory, self._row, cgroup_parent=self.settings.cgroup_parent,
@@ -195,7 +205,8 @@ class ContainerService:
         if mode in _NO_HOOK or mode.startswith("/") or mode.startswith("container:"):
             return
         assert row.pid is not None
-        await self.network.setup(row.id, mode, [dict(p) for p in req.ports], row.pid)
+        await self.network.setup(row.id, mode, [dict(p) for p in req.ports], row.pid,
+                                 hostname=req.spec.hostname or row.id[:12])
 
     async def _discard(self, row: ContainerRow, backend: Runtime) -> None:
         with contextlib.suppress(Exception):

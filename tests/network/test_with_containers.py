@@ -91,3 +91,37 @@ def test_rootless_pod_container_on_pasta(unpriv_user: UnprivUser, busybox_image:
         assert out["helpers_alive_after"] == [] and out["attachments_after"] == []
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _log_text(path: str) -> str:
+    """The content of a CRI-format log (``<ts> <stream> <P|F> <line>``)."""
+    return "".join(line.split(" ", 3)[3] if line.count(" ") >= 3 else "" for line in
+                   Path(path).read_text().splitlines(keepends=True))
+
+
+@pytest.mark.parametrize("mode", ["host", "pod", "none"])
+async def test_every_mode_gets_hosts_resolv_and_hostname(net_service: tuple[ContainerService, BridgeEnv],
+                                                         rootfs: Path, mode: str) -> None:  # noqa: F811
+    svc, env = net_service
+    env.settings.extra_hosts = {"docker-proxy.internal": "10.0.2.2"}
+    svc.network = env.manager()
+    cid = f"e-{uuid.uuid4().hex[:8]}"
+    spec = ContainerSpec(id=cid, hostname="web-1", network=mode,
+                         command=("sh", "-c", "cat /etc/hosts; echo ---; cat /etc/resolv.conf; echo ---; hostname"))
+    info = await svc.create(CreateRequest(spec=spec, rootfs=str(rootfs)))
+    await svc.start(cid)
+    assert await svc.wait(cid, timeout=30) == 0
+    hosts, resolv, hostname = _log_text(info.log_path).split("---\n")
+    assert "10.0.2.2\tdocker-proxy.internal" in hosts
+    assert "localhost" in hosts
+    if mode == "host":
+        assert Path("/etc/hosts").read_text().splitlines()[0] in hosts  # the node's own entries are kept
+    else:
+        assert "web-1" in hosts
+    assert hostname.strip() == "web-1"
+    if mode == "pod":
+        assert "nameserver" in resolv  # the host's resolvers, loopback ones replaced
+    files = svc.network.files(cid)  # type: ignore[attr-defined]
+    assert all(Path(p).exists() for p in files.values())
+    await svc.remove(cid, force=True)
+    assert not any(Path(p).exists() for p in files.values())

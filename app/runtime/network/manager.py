@@ -48,11 +48,12 @@ def attachment_dict(att: NetAttachment) -> dict[str, Any]:
 class NetworkManager:
     def __init__(self, settings: NetworkSettings, store: NetworkStore, run_dir: Path, netlink: Netlink,
                  nft: Rules, *, rootless: bool | None = None, host_resolv_conf: Path = Path("/etc/resolv.conf"),
-                 ) -> None:
+                 host_hosts: Path = Path("/etc/hosts")) -> None:
         self.settings, self.store, self.netlink, self.nft = settings, store, netlink, nft
         self.dir = run_dir / "network"
         self.rootless = os.geteuid() != 0 if rootless is None else rootless
         self.host_resolv_conf = host_resolv_conf
+        self.host_hosts = host_hosts
         self.bridge = BridgeNetwork(netlink, nft, store, bridge=settings.bridge, subnet=settings.subnet,
                                     mtu=settings.mtu)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -225,6 +226,41 @@ class NetworkManager:
         dns.write_in_place(work / "resolv.conf", resolv)
         dns.write_in_place(work / "hosts", dns.build_hosts(att.hostname, addresses, self.settings.extra_hosts))
         dns.write_in_place(work / "hostname", (att.hostname or att.container_id[:12]) + "\n")
+
+    def prepare_files(self, container_id: str, mode: str, hostname: str | None = None) -> dict[str, str]:
+        """Write a container's /etc/{resolv.conf,hosts,hostname} before it is created; return them to bind.
+
+        Every mode gets them (host mode too: the host's resolvers and hosts file plus
+        ``extra_hosts`` such as ``docker-proxy.internal``). ``setup`` later rewrites
+        them in place with the container's addresses, so binds made now stay valid;
+        ``teardown`` removes them. ``container:<id>`` shares the target's files.
+        """
+        if mode.startswith(("container:", "app:")):
+            shared = self.files(mode.split(":", 1)[1])
+            if all(Path(p).exists() for p in shared.values()):
+                return shared
+        host = mode == NetworkMode.HOST.value
+        try:
+            host_resolv = self.host_resolv_conf.read_text()
+        except OSError:
+            host_resolv = ""
+        resolv = dns.build_resolv_conf(host_resolv, servers=self.settings.dns_servers, search=self.settings.dns_search,
+                                       options=self.settings.dns_options, fallback=[], keep_loopback=host)
+        if host:
+            try:
+                base = self.host_hosts.read_text()
+            except OSError:
+                base = dns.build_hosts(None, [])
+            # build_hosts validates the extra entries; keep only those lines after the localhost pair.
+            extra = dns.build_hosts(None, [], self.settings.extra_hosts).splitlines()[2:]
+            hosts = base.rstrip("\n") + "\n" + "".join(line + "\n" for line in extra)
+        else:
+            hosts = dns.build_hosts(hostname, [], self.settings.extra_hosts)
+        work = self.dir / container_id
+        dns.write_in_place(work / "resolv.conf", resolv)
+        dns.write_in_place(work / "hosts", hosts)
+        dns.write_in_place(work / "hostname", (hostname or container_id[:12]) + "\n")
+        return self.files(container_id)
 
     def files(self, container_id: str) -> dict[str, str]:
         """Where the container's /etc files are (to bind-mount them)."""
