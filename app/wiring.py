@@ -118,6 +118,7 @@ async def build_node(settings: Settings) -> Node:
     node.containers = ContainerService(db, forkserver.shared(), state_dir=settings.state_dir,
                                        run_dir=settings.run_dir, settings=settings.runtime, network=node.network)
     await node.containers.restore()  # re-adopt running containers, pick up exits from while we were down
+    node.images.set_in_use(node.containers.uses_image)  # an image in use cannot be removed
     node.closers.append(node.containers.close)  # shims (and containers) keep running
     # --- slot: apps (vappc) --------------------------------------------------------
     from app.api.http.routes_apps import router as apps_router

@@ -100,6 +100,11 @@ class ContainerService:
         self._rows[row.id] = row
         return row
 
+    def uses_image(self, image_id: str) -> bool:
+        """True while any container (in any state but deleted) was created from ``image_id``."""
+        with self.db.session() as s:
+            return s.exec(select(ContainerRow.id).where(ContainerRow.image == image_id).limit(1)).first() is not None
+
     def _save(self, row: ContainerRow) -> None:
         with self.db.session() as s:
             s.merge(row)
