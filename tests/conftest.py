@@ -39,6 +39,11 @@ from tests.helpers.users import UnprivUser, lookup_user
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Root and rootless are both the product: the suite runs as root and drops to the
+    # unprivileged 'vapptest' user itself. Refuse loudly rather than skip half of it.
+    if os.geteuid() != 0:
+        raise pytest.UsageError("the test suite must run as root (it drops to 'vapptest' for the rootless "
+                                "tests): run 'sudo make test'")
     # Only the process that owns the run creates the environment; xdist workers
     # (which have ``workerinput``) and nested runs inherit VAPP_TEST_ENV.
     if hasattr(config, "workerinput") or TestEnv.from_environ() is not None:

@@ -14,7 +14,7 @@ from app.runtime.oci.spec import ContainerSpec, Resources
 from app.services.container_types import CreateRequest
 from app.services.containers import ContainerService
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs as root")
+pytestmark = pytest.mark.root
 
 
 def _mounts_mentioning(text: str) -> int:

@@ -19,7 +19,7 @@ from app.services.container_types import ContainerStatus, CreateRequest
 from app.services.containers import ContainerService
 from tests.runtime.conftest import log_lines
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs as root (rootless: test_rootless)")
+pytestmark = pytest.mark.root
 
 
 def cid() -> str:

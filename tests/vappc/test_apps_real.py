@@ -27,7 +27,7 @@ from app.vappc.client import AsyncClient, RemoteError
 from app.vappc.server import VappcServer
 from tests.vappc.stack import AppStack, spec
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="app containers need the root suite")
+pytestmark = pytest.mark.root
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from app.services.app_types import AppStatus
 from app.vappc.client import Client
 from tests.helpers.daemon import DaemonProcess
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs as root")
+pytestmark = pytest.mark.root
 
 
 def _args(tmp_path: Path, registry: Any) -> list[str]:
