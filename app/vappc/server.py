@@ -239,7 +239,7 @@ class VappcServer:
         path = Path(self.settings.socket)
         sock = bind_unix_socket(path, self.socket_mode, self.socket_group)
         await self._serve(sock, self._check_unix_peer)
-        self.addresses.append(f"unix:{path}")
+        self.addresses.append(f"unix://{path}")
         if self.settings.vsock_port is not None:
             vsock = bind_vsock(self.settings.vsock_port)
             await self._serve(vsock, self._check_vsock_peer)

@@ -34,7 +34,7 @@ async def served() -> AsyncIterator[tuple[VappcServer, FakeBackend, str]]:
     backend = FakeBackend()
     server = VappcServer(VappcSettings(socket=Path(path), max_line_bytes=4096), backend)
     addrs = await server.start()
-    assert addrs == [f"unix:{path}"]
+    assert addrs == [f"unix://{path}"]
     yield server, backend, path
     backend.release.set()
     await server.stop(1.0)
@@ -238,7 +238,7 @@ async def test_vsock_and_unix_from_settings(tmp_path: Path) -> None:
     server = VappcServer(VappcSettings(socket=Path(tmp) / "s", vsock_port=-1), FakeBackend())
     try:
         addrs = await server.start()
-        assert addrs[0] == f"unix:{tmp}/s" and addrs[1].startswith(f"vsock:{socket.VMADDR_CID_ANY}:")
+        assert addrs[0] == f"unix://{tmp}/s" and addrs[1].startswith(f"vsock:{socket.VMADDR_CID_ANY}:")
         c = await Conn.open(f"{tmp}/s")
         await c.send('{"cmd":"Ping"}')
         assert await c.line() == {"msg": "Ok", "type": "Unit"}
