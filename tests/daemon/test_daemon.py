@@ -38,10 +38,13 @@ def test_ready_with_every_listener_bound(daemon: DaemonProcess) -> None:
     listeners = info["listeners"]
     assert listeners["admin"] == [daemon.admin_url]
     assert listeners["cri"] == [f"unix://{daemon.cri_socket}"]
+    assert listeners["vappc"] == [f"unix://{daemon.vappc_socket}"]
+    assert listeners["registry"] == [daemon.registry_url]
+    assert httpx.get(daemon.registry_url + "/v2/").headers["docker-distribution-api-version"] == "registry/2.0"
     assert info["version"]
     # Secrets never appear in the config summary.
     assert "admin_token" not in info["config"]
-    for sock in (daemon.cri_socket,):
+    for sock in (daemon.cri_socket, daemon.vappc_socket):
         assert stat.S_ISSOCK(sock.stat().st_mode)
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
     assert (daemon.run_dir / "vapp.pid").read_text().strip() == str(daemon.proc.pid)
@@ -81,7 +84,7 @@ def test_sigterm_shuts_down_within_deadline_and_removes_sockets(tmp_path: Path) 
     t0 = time.monotonic()
     assert d.stop(timeout=15) == 0
     assert time.monotonic() - t0 < 10
-    assert not d.cri_socket.exists()
+    assert not d.cri_socket.exists() and not d.vappc_socket.exists()
     assert not (d.run_dir / "vapp.pid").exists()
     assert "vapp-core stopped" in d.log_path.read_text()
 
