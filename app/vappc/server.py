@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +39,7 @@ from typing import Any, Protocol
 from app.api.sockets import bind_unix_socket
 from app.config import VappcSettings
 from app.errors import DeadlineExceeded, Internal, PermissionDenied, Unavailable, VappError
+from app.metrics import VAPPC_COMMANDS, VAPPC_LATENCY
 from app.services.app_types import (
     AppHandle,
     AppSpec,
@@ -79,19 +82,35 @@ class VappcBackend(Protocol):
 
 async def execute(backend: VappcBackend, req: p.Request, progress: ProgressFn,
                   bootstrap: intents.IntentBackend | None = None) -> bytes:
-    """Run one request against the service; return its terminal line (Ok or Error)."""
+    """Run one request against the service; return its terminal line (Ok or Error).
+
+    Counts and times every command (``vapp_vappc_commands_total{command,outcome}``,
+    outcome ``ok`` or the error's category, e.g. ``Image``).
+    """
     rid = req.id
+    started = time.perf_counter()
+    outcome = "ok"
     try:
         if req.cmd in intents.COMMANDS:
-            return await intents.execute(bootstrap, req, progress)
-        return await _execute(backend, req, progress)
+            line = await intents.execute(bootstrap, req, progress)
+        else:
+            line = await _execute(backend, req, progress)
+        if line.startswith(b'{"msg":"Error"'):
+            outcome = json.loads(line).get("category", "error")
+        return line
     except VappError as exc:
+        outcome = exc.category.value
         return p.error_line(exc, rid)
     except TimeoutError:
+        outcome = "Timeout"
         return p.error_line(DeadlineExceeded(f"{req.cmd} timed out"), rid)
     except Exception as exc:  # a bug: answer, log the trace, keep the connection
+        outcome = "Internal"
         log.exception("vappc %s failed", req.cmd)
         return p.error_line(Internal(f"internal error in {req.cmd}: {type(exc).__name__}: {exc}"), rid)
+    finally:
+        VAPPC_COMMANDS.labels(req.cmd, outcome).inc()
+        VAPPC_LATENCY.labels(req.cmd).observe(time.perf_counter() - started)
 
 
 async def _execute(backend: VappcBackend, req: p.Request, progress: ProgressFn) -> bytes:

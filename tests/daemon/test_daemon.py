@@ -69,9 +69,24 @@ def test_openapi_docs_served(daemon: DaemonProcess) -> None:
 
 
 def test_metrics_exposition(daemon: DaemonProcess) -> None:
+    import grpc
+    from cri_api.v1 import api_pb2, api_pb2_grpc
+
+    from app.vappc.client import Client
+
     daemon.get("/v1/info")
     httpx.get(daemon.admin_url + "/v1/info")
+    with grpc.insecure_channel(f"unix://{daemon.cri_socket}") as channel:
+        api_pb2_grpc.RuntimeServiceStub(channel).Version(api_pb2.VersionRequest(), timeout=10)
+    with Client(str(daemon.vappc_socket), timeout=10) as c:
+        c.ping()
     text = httpx.get(daemon.admin_url + "/metrics").text
+    import re
+
+    assert re.search(r'vapp_grpc_calls_total\{code="OK",method="Version"\} 1\.0', text), text
+    assert "vapp_grpc_call_duration_seconds_bucket" in text
+    assert re.search(r'vapp_vappc_commands_total\{command="Ping",outcome="ok"\} 1\.0', text), text
+    assert "vapp_vappc_command_duration_seconds_bucket" in text
     assert 'vapp_http_requests_total{method="GET",route="/v1/info",status="200"}' in text
     assert 'vapp_http_requests_total{method="GET",route="/v1/info",status="401"}' in text
     assert "vapp_http_request_duration_seconds_bucket" in text
