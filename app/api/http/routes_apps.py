@@ -19,16 +19,14 @@ The router is mounted behind the admin token by the composition root.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from app.errors import Internal, Unavailable, VappError
+from app.api.http.ndjson import Emit, stream_job
+from app.errors import Unavailable
 from app.services.app_types import AppSpec, AppStatus, ContainerGroup, Progress
 
 # Mounted under /v1 (behind the admin token) by create_admin_app.
@@ -44,10 +42,6 @@ def _service(request: Request) -> Any:
 
 def _state(status: AppStatus) -> Any:
     return {"Failed": {"reason": status.reason}} if status.phase == "Failed" else status.phase
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps({k: v for k, v in obj.items() if v is not None}).encode() + b"\n"
 
 
 @router.get("")
@@ -74,38 +68,18 @@ async def start_app(request: Request, spec: AppSpec, stream: bool = Query(False)
     return StreamingResponse(_stream_start(service, spec), media_type="application/x-ndjson")
 
 
-async def _stream_start(service: Any, spec: AppSpec) -> AsyncIterator[bytes]:
+def _stream_start(service: Any, spec: AppSpec) -> AsyncIterator[bytes]:
     """Progress lines as they happen, then the terminal line; the start outlives the client."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    def progress(ev: Progress) -> None:
-        queue.put_nowait(_line({"msg": "Progress", "percentage": ev.percentage, "message": ev.message,
-                                "phase": ev.phase, "instance_name": ev.instance_name,
-                                "task_name": ev.task_name}))
+    async def job(emit: Emit) -> dict[str, Any]:
+        def progress(ev: Progress) -> None:
+            emit({"percentage": ev.percentage, "message": ev.message, "phase": ev.phase,
+                  "instance_name": ev.instance_name, "task_name": ev.task_name})
 
-    async def run() -> None:
-        try:
-            handle = await service.start_app(spec, progress)
-            queue.put_nowait(_line({"msg": "Ok", "type": "AppHandle",
-                                    "data": {"app_id": handle.app_id, "name": handle.name}}))
-        except VappError as exc:
-            queue.put_nowait(_line({"msg": "Error", "category": exc.category.value, "message": exc.message,
-                                    "phase": exc.phase, "is_retryable": exc.retryable}))
-        except Exception as exc:
-            err = Internal(f"internal error: {type(exc).__name__}")
-            queue.put_nowait(_line({"msg": "Error", "category": err.category.value, "message": err.message,
-                                    "is_retryable": False}))
-        finally:
-            queue.put_nowait(None)
+        handle = await service.start_app(spec, progress)
+        return {"type": "AppHandle", "data": {"app_id": handle.app_id, "name": handle.name}}
 
-    task = asyncio.get_running_loop().create_task(run())
-    try:
-        while (item := await queue.get()) is not None:
-            yield item
-    finally:
-        # A client that disconnects must not cancel a half-done start.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(task)
+    return stream_job(job)
 
 
 @router.post("/groups", response_model=None)

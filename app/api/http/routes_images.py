@@ -21,9 +21,6 @@ The composition root mounts ``router`` under ``/v1`` behind the admin token.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,8 +28,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from app.errors import Internal, Unavailable, VappError
-from app.runtime.images.pull import PullEvent
+from app.api.http.ndjson import Emit, stream_job
+from app.errors import Unavailable
 
 router = APIRouter(prefix="/images", tags=["images"])
 
@@ -55,10 +52,6 @@ def _service(request: Request) -> Any:
     return images
 
 
-def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj).encode() + b"\n"
-
-
 @router.get("")
 async def list_images(request: Request) -> list[dict[str, Any]]:
     return [r.to_dict() for r in _service(request).list_images()]
@@ -73,32 +66,14 @@ async def pull(request: Request, body: PullRequest, stream: bool = Query(False))
     return StreamingResponse(_stream_pull(service, body.reference), media_type="application/x-ndjson")
 
 
-async def _stream_pull(service: Any, reference: str) -> AsyncIterator[bytes]:
+def _stream_pull(service: Any, reference: str) -> AsyncIterator[bytes]:
     """Progress lines as they happen, then the terminal line; the pull outlives the client."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    def progress(ev: PullEvent) -> None:
-        queue.put_nowait(_line({"msg": "Progress", **ev.to_dict()}))
+    async def job(emit: Emit) -> dict[str, Any]:
+        rec = await service.pull(reference, lambda ev: emit(ev.to_dict()))
+        return {"image": rec.to_dict()}
 
-    async def run() -> None:
-        try:
-            rec = await service.pull(reference, progress)
-            queue.put_nowait(_line({"msg": "Ok", "image": rec.to_dict()}))
-        except VappError as exc:
-            queue.put_nowait(_line({"msg": "Error", **exc.to_dict(), "is_retryable": exc.retryable}))
-        except Exception as exc:
-            err = Internal(f"internal error: {type(exc).__name__}")
-            queue.put_nowait(_line({"msg": "Error", **err.to_dict(), "is_retryable": False}))
-        finally:
-            queue.put_nowait(None)
-
-    task = asyncio.get_running_loop().create_task(run())
-    try:
-        while (item := await queue.get()) is not None:
-            yield item
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(task)
+    return stream_job(job)
 
 
 @router.post("/tag")
