@@ -3,6 +3,7 @@ through the ``vapp-oci`` command line the way the suite drives a runtime."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import uuid
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from app.runtime.kernel import cgroups
 from tests.runtime.test_oci_cli import RUNTIMES, Cli, edit, make_bundle
 
 
@@ -88,3 +90,30 @@ def test_poststart_hook_state_of_a_process_that_already_exited(vcli: Cli, rootfs
     assert seen["status"] == "running" and seen["pid"] == pid > 0 and seen["id"] == cid
     vcli.wait_status(cid, "stopped")
     vcli("delete", cid)
+
+
+def test_cpu_limits_join_a_cpuset_cgroup_on_v1(vcli: Cli, rootfs: Path, tmp_path: Path) -> None:
+    # linux_cgroups_cpus: cpu limits are read beside cpuset.cpus/mems at the same cgroupsPath
+    if cgroups.is_v2():
+        pytest.fail("this check is for the v1/hybrid hierarchy of this machine")
+    rel = f"vrt-val/{uuid.uuid4().hex[:8]}/c"
+    bundle = make_bundle(rootfs, tmp_path, ["sleep", "30"])
+    cpu = {"shares": 1024, "quota": 50000, "period": 100000, "cpus": "0"}
+    edit(bundle, lambda c: c["linux"].update(cgroupsPath="/" + rel, resources={"cpu": cpu}))
+    cid = f"c-{uuid.uuid4().hex[:6]}"
+    vcli("create", "--bundle", str(bundle), cid, stdin=subprocess.DEVNULL)
+    try:
+        pid = str(vcli.state(cid)["pid"])
+        cpuset, cpudir = Path("/sys/fs/cgroup/cpuset", rel), Path("/sys/fs/cgroup/cpu", rel)
+        assert pid in (cpuset / "cgroup.procs").read_text().split()
+        assert (cpuset / "cpuset.cpus").read_text().strip() == "0"
+        assert (cpuset / "cpuset.mems").read_text().strip() != ""  # inherited, so a task could join
+        assert (cpudir / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        vcli("delete", "--force", cid)
+        assert not cpuset.exists() and not cpudir.exists()  # delete removes what create made
+    finally:
+        vcli("delete", "--force", cid, check=False)
+        for ctrl in ("cpuset", "cpu", "memory", "pids"):  # the parents are ours too
+            for level in (rel, rel.rsplit("/", 1)[0], rel.split("/")[0]):
+                with contextlib.suppress(OSError):
+                    Path("/sys/fs/cgroup", ctrl, level).rmdir()

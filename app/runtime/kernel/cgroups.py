@@ -4,7 +4,8 @@ Layout used::
 
     v2:      <mount>/<cgroupsPath>/{memory.max, cpu.max, cpu.weight, pids.max, cgroup.procs}
     v1:      /sys/fs/cgroup/<controller>/<cgroupsPath>/{memory.limit_in_bytes, cpu.cfs_quota_us,
-             cpu.shares, pids.max, cgroup.procs}   one dir per controller we use
+             cpu.shares, pids.max, cpuset.cpus, cpuset.mems, cgroup.procs}   one dir per controller
+             we use (cpuset with any cpu resources: tools read them beside cpu's, as runc sets it up)
 
 Rootless works only where the subtree is writable (delegated); :func:`capabilities`
 says what can be applied, for ``vapp-core check``. ``cgroupsPath`` ``slice:prefix:name``
@@ -19,7 +20,8 @@ import time
 from typing import Any
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-V1_CONTROLLERS = ("memory", "cpu", "pids")
+V1_CONTROLLERS = ("memory", "cpu", "pids", "cpuset")
+LIMIT_CONTROLLERS = ("memory", "cpu", "pids")  # what `vapp-core check` reports on
 
 
 class CgroupError(OSError):
@@ -52,7 +54,7 @@ def normalize_path(cgroups_path: str | None, container_id: str) -> str:
 
 def v1_files(resources: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Pure: controller -> {file: value} for v1."""
-    out: dict[str, dict[str, str]] = {"memory": {}, "cpu": {}, "pids": {}}
+    out: dict[str, dict[str, str]] = {"memory": {}, "cpu": {}, "pids": {}, "cpuset": {}}
     mem = resources.get("memory") or {}
     if mem.get("limit") is not None:
         out["memory"]["memory.limit_in_bytes"] = str(mem["limit"])
@@ -71,6 +73,9 @@ def v1_files(resources: dict[str, Any]) -> dict[str, dict[str, str]]:
         out["cpu"]["cpu.cfs_period_us"] = str(cpu["period"])
     if cpu.get("quota") is not None:
         out["cpu"]["cpu.cfs_quota_us"] = str(cpu["quota"])
+    for key in ("cpus", "mems"):
+        if cpu.get(key):
+            out["cpuset"][f"cpuset.{key}"] = str(cpu[key])
     pids = resources.get("pids") or {}
     if pids.get("limit") is not None:
         out["pids"]["pids.max"] = "max" if int(pids["limit"]) <= 0 else str(pids["limit"])
@@ -117,7 +122,8 @@ def create(cgroups_path: str, resources: dict[str, Any] | None, root: str = CGRO
         plan = {root: v2_files(resources)}
     else:
         files = v1_files(resources)
-        plan = {os.path.join(root, ctrl): files[ctrl] for ctrl in V1_CONTROLLERS}
+        plan = {os.path.join(root, ctrl): files[ctrl] for ctrl in V1_CONTROLLERS
+                if ctrl != "cpuset" or resources.get("cpu")}
     for base, values in plan.items():
         target = os.path.join(base, rel)
         if not os.path.isdir(base):
@@ -125,7 +131,7 @@ def create(cgroups_path: str, resources: dict[str, Any] | None, root: str = CGRO
                 result.skipped.append(f"{base}: controller not mounted")
             continue
         try:
-            os.makedirs(target, exist_ok=True)
+            _makedirs(base, rel)
         except OSError as exc:
             if values:
                 result.skipped.append(f"{base}: {exc.strerror} (no delegated cgroup subtree)")
@@ -137,6 +143,20 @@ def create(cgroups_path: str, resources: dict[str, Any] | None, root: str = CGRO
                 continue
             _write(os.path.join(target, name), value)
     return result
+
+
+def _makedirs(base: str, rel: str) -> None:
+    """mkdir each level under ``base``; a new v1 cpuset level starts with empty cpus/mems (no
+    task could join it), so it inherits its parent's."""
+    current = base
+    for part in [p for p in rel.split("/") if p]:
+        parent, current = current, os.path.join(current, part)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(current)
+            if os.path.basename(base) == "cpuset":
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    with contextlib.suppress(FileNotFoundError), open(os.path.join(parent, name)) as fh:
+                        _write(os.path.join(current, name), fh.read().strip() or "\n")
 
 
 def add_process(cgroups: CgroupSet, pid: int) -> None:
@@ -176,7 +196,7 @@ def capabilities(root: str = CGROUP_ROOT) -> dict[str, str]:
         for ctrl in ("memory", "cpu", "pids"):
             out[ctrl] = "ok (v2)" if ok else "unavailable: cgroup2 root not writable (no delegation)"
         return out
-    for ctrl in V1_CONTROLLERS:
+    for ctrl in LIMIT_CONTROLLERS:
         base = os.path.join(root, ctrl)
         if not os.path.isdir(base):
             out[ctrl] = "unavailable: controller not mounted"
