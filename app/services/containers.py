@@ -34,7 +34,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import select
+from sqlalchemy import delete, or_, update
+from sqlmodel import col, select
 
 from app.config import RuntimeSettings
 from app.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
@@ -62,6 +63,8 @@ from app.state.models.containers import ContainerRow
 
 log = logging.getLogger(__name__)
 _NO_HOOK = ("host", "none")
+# What changes after the insert (create → created → running → exited): all _save writes.
+_MUTABLE = ("status", "pid", "pid_start", "shim_pid", "shim_start", "exit_code", "started_at", "finished_at")
 
 
 class ContainerService:
@@ -106,9 +109,11 @@ class ContainerService:
             return s.exec(select(ContainerRow.id).where(ContainerRow.image == image_id).limit(1)).first() is not None
 
     def _save(self, row: ContainerRow) -> None:
-        with self.db.session() as s:
-            s.merge(row)
-            s.commit()
+        """One UPDATE of the columns a transition changes (no ORM session, no SELECT first, no
+        model dump: merge() cost twice as much); rows are inserted once, by create()."""
+        with self.db.engine.begin() as conn:
+            conn.execute(update(ContainerRow).where(col(ContainerRow.id) == row.id)
+                         .values({name: getattr(row, name) for name in _MUTABLE}))
         self._rows[row.id] = row
 
     def _lock(self, container_id: str) -> asyncio.Lock:
@@ -145,9 +150,9 @@ class ContainerService:
         runtime = req.runtime or self.settings.default_runtime
         backend = self._backend(runtime)
         name = spec.name or spec.id
-        with self.db.session() as s:
-            if s.get(ContainerRow, spec.id) is not None or s.exec(
-                    select(ContainerRow).where(ContainerRow.name == name)).first() is not None:
+        with self.db.session() as s:  # one query for both (each costs a round trip through the ORM)
+            if s.exec(select(ContainerRow.id).where(
+                    or_(col(ContainerRow.id) == spec.id, col(ContainerRow.name) == name)).limit(1)).first() is not None:
                 raise AlreadyExists(f"container id or name {spec.id!r}/{name!r} already in use",
                                     details={"id": spec.id, "name": name})
         directory = self.containers_dir / spec.id
@@ -228,11 +233,8 @@ class ContainerService:
             watcher.cancel()
         shutil.rmtree(self.containers_dir / row.id, ignore_errors=True)
         shutil.rmtree(os.path.join(self.shims_root, row.id), ignore_errors=True)
-        with self.db.session() as s:
-            existing = s.get(ContainerRow, row.id)
-            if existing is not None:
-                s.delete(existing)
-                s.commit()
+        with self.db.engine.begin() as conn:  # one DELETE (the ORM would SELECT the row first)
+            conn.execute(delete(ContainerRow).where(col(ContainerRow.id) == row.id))
         self._rows.pop(row.id, None)
         self._exited.pop(row.id, None)
         self._locks.pop(row.id, None)
