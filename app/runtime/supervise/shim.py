@@ -11,7 +11,8 @@ Lifetime::
 
     fork server ─fork─► setsid ─► shim: subreaper · stdio pipes (or console socket)
       ─fork─► creator: backend.create() (the init, orphaned, is re-parented to the shim) ─►
-      reply {"type": "created", pid} on the request's socket ─►
+      shim.json + reply {"type": "created", pid} on the request's socket (by the creator
+      itself unless a stdin relay must exist first: the daemon does not wait for its exit) ─►
       copy loop (select: stdout, stderr, SIGCHLD wakeup) ─► init reaped ─► drain ─►
       exit record ─► _exit(0)
 
@@ -101,8 +102,17 @@ def _run(req: dict[str, Any], reply: socket.socket) -> int:
     os.dup2(stdin_r if stdin_r >= 0 else devnull, 0)
     os.dup2(child_out, 1)
     os.dup2(child_err, 2)
+    base_record = {
+        "shimPid": os.getpid(),
+        "shimStart": (state.proc_stat(os.getpid()) or ("", 0))[1],
+        "runtime": req.get("runtime", "native"),
+        "logPath": req["log_path"],
+    }
+    # Without a stdin relay (whose attach.sock must exist before the daemon hears "created"),
+    # the creator child answers the daemon itself: the reply does not wait for that child's exit.
+    early = None if req.get("stdin") else (directory, base_record, reply)
     try:
-        result = _create_in_child(kernel, req, console_child)
+        result = _create_in_child(kernel, req, console_child, early)
         if "error" in result:
             reply.send(json.dumps({"type": "error", "message": result["error"], "code": result["code"]}).encode())
             return 1
@@ -120,16 +130,8 @@ def _run(req: dict[str, Any], reply: socket.socket) -> int:
             streams = {master: "stdout"}
             stdin_target = master if req.get("stdin") else -1
     relay = StdinRelay(directory, stdin_target, bool(req.get("stdin_once"))) if stdin_target >= 0 else None
-    record = {
-        "shimPid": os.getpid(),
-        "shimStart": (state.proc_stat(os.getpid()) or ("", 0))[1],
-        "pid": pid,
-        "pidStartTime": start_time,
-        "runtime": req.get("runtime", "native"),
-        "logPath": req["log_path"],
-    }
-    state.write_atomic(os.path.join(directory, "shim.json"), json.dumps(record).encode())
-    reply.send(json.dumps({"type": "created"} | record).encode())
+    if not result.get("replied"):
+        _record_and_reply(directory, base_record | {"pid": pid, "pidStartTime": start_time}, reply)
     reply.close()
     writer = LogWriter(req["log_path"], int(req.get("log_max_bytes") or 0), int(req.get("log_max_files") or 1))
     status = _copy_loop(streams, wake_r, pid, writer, reopen, relay)
@@ -143,10 +145,19 @@ def _run(req: dict[str, Any], reply: socket.socket) -> int:
     return 0
 
 
-def _create_in_child(kernel: LinuxKernel, req: dict[str, Any], console: socket.socket | None) -> dict[str, Any]:
+def _record_and_reply(directory: str, record: dict[str, Any], reply: socket.socket) -> None:
+    """shim.json first (what restore() reads), then "created" to the daemon."""
+    state.write_atomic(os.path.join(directory, "shim.json"), json.dumps(record).encode())
+    reply.send(json.dumps({"type": "created"} | record).encode())
+
+
+def _create_in_child(kernel: LinuxKernel, req: dict[str, Any], console: socket.socket | None,
+                     early: tuple[str, dict[str, Any], socket.socket] | None) -> dict[str, Any]:
     """Run the create in a short-lived child: the busy setup code then copies pages in that
     child, not in this long-lived shim (its private memory is what every container costs).
-    The container init is orphaned when that child's stage exits and lands here (subreaper)."""
+    The container init is orphaned when that child's stage exits and lands here (subreaper).
+    With ``early`` (directory, shim record, reply socket) the child writes shim.json and
+    answers the daemon as soon as the container is created ("replied" in its result)."""
     from app.runtime.backends.native import shim_create  # pre-imported by the fork server
 
     # A datagram, read after the child exited: the container init inherits (until its exec)
@@ -158,6 +169,10 @@ def _create_in_child(kernel: LinuxKernel, req: dict[str, Any], console: socket.s
         try:
             pid, start_time = shim_create(kernel, req, console)
             out: dict[str, Any] = {"pid": pid, "start": start_time}
+            if early is not None:
+                directory, record, reply = early
+                _record_and_reply(directory, record | {"pid": pid, "pidStartTime": start_time}, reply)
+                out["replied"] = True
         except Exception as exc:
             out = {"error": str(exc), "code": getattr(exc, "code", 1)}
         theirs.send(json.dumps(out).encode())
