@@ -43,6 +43,8 @@ from app.errors import (
     Unavailable,
     VappError,
 )
+from app.oci import credentials
+from app.oci.credentials import RegistryCredentials
 from app.oci.reference import DOCKER_HUB, DOCKER_HUB_API, normalize_registry
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,9 @@ class Endpoint:
             return token.value
 
     async def _authorization(self, repository: str, refresh: bool = False) -> str | None:
+        per_request = credentials.current()
+        if per_request is not None:  # a CRI pull's own AuthConfig replaces the node's for that pull
+            return await self._request_authorization(per_request, repository)
         ch = self.challenge
         if ch is None:
             return f"Bearer {self.static_token}" if self.static_token else None
@@ -149,6 +154,35 @@ class Endpoint:
         if ch.scheme == "basic" and self.credentials:
             return self.credentials.header()
         return None
+
+    async def _request_authorization(self, creds: RegistryCredentials, repository: str) -> str | None:
+        """Authorization from one request's credentials; tokens they earn stay in ``creds``."""
+        if creds.registry_token:
+            return f"Bearer {creds.registry_token}"
+        ch = self.challenge
+        if ch is None or ch.scheme == "basic":
+            return creds.basic() if ch is not None else None
+        scope = auth.pull_scope(repository)
+        key = (ch.realm or "", ch.params.get("service", ""), scope)
+        if key not in creds.tokens:
+            try:
+                if creds.identity_token:  # OAuth2 refresh token: POST form (distribution token spec)
+                    form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                            "service": ch.params.get("service", ""), "scope": scope, "client_id": "4lock-core"}
+                    resp = await self.client.post(auth.token_url(ch, None).split("?")[0], data=form)
+                else:
+                    basic = creds.basic()
+                    resp = await self.client.get(auth.token_url(ch, scope),
+                                                 headers={"Authorization": basic} if basic else {})
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"token endpoint {ch.realm}: {type(exc).__name__}") from exc
+            if resp.status_code in (401, 403):
+                raise Unauthenticated(f"{self.registry}: token endpoint refused the pull's credentials "
+                                      f"({resp.status_code})", category=Category.IMAGE)
+            if resp.status_code != 200:
+                raise Unavailable(f"token endpoint {ch.realm} answered {resp.status_code}")
+            creds.tokens[key] = auth.parse_token_response(resp.content, self.tokens.now()).value
+        return f"Bearer {creds.tokens[key]}"
 
     async def send(self, method: str, repository: str, path: str, headers: dict[str, str]) -> httpx.Response:
         """One request with the auth dance (at most one 401 retry); returns a streaming response."""

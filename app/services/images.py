@@ -31,6 +31,7 @@ from sqlmodel import select
 
 from app.content.store import ContentStore
 from app.errors import Category, FailedPrecondition, InvalidArgument, NotFound
+from app.oci.credentials import RegistryCredentials
 from app.oci.reference import Reference
 from app.runtime.images.pull import Puller, PullEvent, PullResult
 from app.runtime.snapshots import Snapshotter
@@ -167,15 +168,18 @@ class ImageService:
             (self.pins.pin if on else self.pins.unpin)(digest)
 
     # --- verbs ---------------------------------------------------------------------------
-    async def pull(self, text: str, on_event: Callable[[PullEvent], None] | None = None) -> ImageRecord:
+    async def pull(self, text: str, on_event: Callable[[PullEvent], None] | None = None, *,
+                   credentials: RegistryCredentials | None = None) -> ImageRecord:
+        """``credentials``: per-request registry credentials (CRI AuthConfig); never stored or logged,
+        the node's configured upstream credentials apply without them."""
         token = next(self._tokens)
         self._pulling[token] = time.time()
         try:
-            res = await self.puller.pull(text, on_event)
+            res = await self.puller.pull(text, on_event, credentials=credentials)
             if not all(self.layers.has(c) for c in res.chain_ids):
                 # A GC ran meanwhile and took a snapshot this pull found already there
                 # (left by an earlier, failed pull): pulling again recreates it.
-                res = await self.puller.pull(text, on_event)
+                res = await self.puller.pull(text, on_event, credentials=credentials)
             rec = self._save(res)
         finally:
             self._pulling.pop(token, None)

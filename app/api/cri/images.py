@@ -20,6 +20,7 @@ from cri_api.v1 import api_pb2_grpc as pb_grpc
 
 from app.api.cri.errors import cri_rpc
 from app.errors import InvalidArgument, NotFound, Unavailable
+from app.oci.credentials import RegistryCredentials
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -97,9 +98,11 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def PullImage(self, request: pb.PullImageRequest, context: Ctx) -> pb.PullImageResponse:
         if not request.image.image:
             raise InvalidArgument("image must not be empty", details={"field": "image"})
-        # AuthConfig is accepted but never logged; the image service takes credentials from its
-        # upstream configuration (a per-request credential path is a follow-up).
-        rec = await self.images.pull(request.image.image)
+        # AuthConfig is used for this pull only: never stored, never logged (out of repr)
+        a = request.auth
+        creds = RegistryCredentials.from_auth_config(a.username, a.password, a.auth, a.identity_token,
+                                                     a.registry_token)
+        rec = await self.images.pull(request.image.image, credentials=creds)
         return pb.PullImageResponse(image_ref=rec.id)
 
     @cri_rpc

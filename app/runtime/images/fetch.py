@@ -3,8 +3,9 @@
 The node's blob cache implements :class:`Fetcher` in-process (auth, mirrors,
 single-flight, eviction); wiring hands it in, so ``runtime/images`` never
 imports ``app.blob``. :class:`RegistryFetcher` speaks the distribution API to
-one registry URL directly (anonymous or bearer-token registries, plain HTTP
-allowed), for a node configured without a cache and for tests.
+one registry URL directly (anonymous, Basic or bearer-token registries, plain HTTP
+allowed), for a node configured without a cache and for tests. Both honour the
+pull's own credentials (``app.oci.credentials.current()``, set by the puller).
 
 Both write blobs into THE content store (ingest → verify → rename): a blob a
 pull verified once is never downloaded again, and a partial ingest left by a
@@ -23,7 +24,9 @@ import httpx
 
 from app.content.store import ContentStore
 from app.errors import AlreadyExists, Category, NotFound, PermissionDenied, Unauthenticated, Unavailable
+from app.oci import credentials
 from app.oci import mediatypes as mt
+from app.oci.credentials import RegistryCredentials
 from app.oci.reference import Reference
 
 Progress = Callable[[int, "int | None"], None]  # (bytes done, total) — monotonic
@@ -81,7 +84,7 @@ class RegistryFetcher:
         self.store = store
         self.base_url = base_url.rstrip("/") if base_url else None
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True)
-        self._tokens: dict[str, str] = {}
+        self._tokens: dict[tuple[str, str, str], str] = {}  # (registry, "", repository) → Authorization
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -91,35 +94,45 @@ class RegistryFetcher:
         return f"{base}/v2/{ref.repository}/{kind}/{obj}"
 
     async def _request(self, ref: Reference, url: str, headers: dict[str, str], stream: bool = False) -> httpx.Response:
+        creds = credentials.current()
+        # a pull's own credentials earn tokens for that pull only, never the fetcher's shared ones
+        tokens = creds.tokens if creds is not None else self._tokens
+        key = (self.base_url or ref.api_host, "", ref.repository)
         for _ in range(2):
             hdrs = dict(headers)
-            if ref.repository in self._tokens:
-                hdrs["Authorization"] = f"Bearer {self._tokens[ref.repository]}"
+            if key in tokens:
+                hdrs["Authorization"] = tokens[key]
             try:
                 req = self._client.build_request("GET", url, headers=hdrs)
                 resp = await self._client.send(req, stream=stream)
             except httpx.TransportError as exc:
                 raise Unavailable(f"registry unreachable: {exc.__class__.__name__}", category=Category.IMAGE) from exc
-            if resp.status_code != 401 or ref.repository in self._tokens:
+            if resp.status_code != 401 or key in tokens:
                 return resp
             await resp.aclose()
-            await self._login(ref, resp.headers.get("www-authenticate", ""))
+            tokens[key] = await self._login(ref, resp.headers.get("www-authenticate", ""), creds)
         return resp
 
-    async def _login(self, ref: Reference, challenge: str) -> None:
-        """Anonymous bearer token (Docker Hub style) for pull scope."""
+    async def _login(self, ref: Reference, challenge: str, creds: RegistryCredentials | None) -> str:
+        """The Authorization for a 401 challenge: the pull's credentials for Basic; a bearer token
+        (anonymous, or earned with those credentials) for Bearer."""
+        basic = creds.basic() if creds is not None else None
+        if challenge.lower().startswith("basic") and basic:
+            return basic
+        if creds is not None and creds.registry_token:
+            return f"Bearer {creds.registry_token}"
         if not challenge.lower().startswith("bearer "):
             raise Unauthenticated("registry requires credentials this fetcher has not got", category=Category.IMAGE)
         params = dict(part.split("=", 1) for part in challenge[7:].replace('"', "").split(",") if "=" in part)
         realm = params.pop("realm", "")
         params["scope"] = f"repository:{ref.repository}:pull"
         try:
-            resp = await self._client.get(realm, params=params)
+            resp = await self._client.get(realm, params=params, headers={"Authorization": basic} if basic else {})
         except httpx.TransportError as exc:
             raise Unavailable(f"token endpoint unreachable: {exc}", category=Category.IMAGE) from exc
         _map_status(resp, "token")
         doc = resp.json()
-        self._tokens[ref.repository] = doc.get("token") or doc.get("access_token") or ""
+        return "Bearer " + (doc.get("token") or doc.get("access_token") or "")
 
     async def resolve(self, ref: Reference) -> Resolved:
         return await self._manifest(ref, ref.object)

@@ -32,6 +32,8 @@ from typing import Any, Literal, TypeVar
 
 from app.content.store import ContentStore
 from app.errors import Category, InvalidArgument, NotFound, Unavailable, VappError
+from app.oci.credentials import RegistryCredentials
+from app.oci.credentials import using as using_credentials
 from app.oci.manifest import (
     Descriptor,
     ImageManifest,
@@ -179,7 +181,13 @@ class Puller:
         return doc
 
     # --- pull ------------------------------------------------------------------------------
-    async def pull(self, text: str, on_event: Callable[[PullEvent], None] | None = None) -> PullResult:
+    async def pull(self, text: str, on_event: Callable[[PullEvent], None] | None = None, *,
+                   credentials: RegistryCredentials | None = None) -> PullResult:
+        """``credentials``: this pull's own (CRI AuthConfig), used by the fetcher for this pull only."""
+        with using_credentials(credentials):  # the layer tasks started below inherit them
+            return await self._pull(text, on_event)
+
+    async def _pull(self, text: str, on_event: Callable[[PullEvent], None] | None) -> PullResult:
         ref = Reference.parse(text)
         emit = on_event or (lambda _e: None)
         emit(PullEvent(str(ref), "", "resolving"))
