@@ -21,7 +21,8 @@ class NativeRuntime:
         self, kernel: Kernel, container_id: str, bundle: str, console: socket.socket | None
     ) -> tuple[int, int | None]:
         try:
-            st = oci_create.create(kernel, self.root, container_id, bundle, console=console)
+            # disposable: called in the shim's short-lived creator child (see supervise/shim.py)
+            st = oci_create.create(kernel, self.root, container_id, bundle, console=console, disposable=True)
         except oci_create.CreateError as exc:
             raise RuntimeFailure(str(exc), exc.code) from exc
         return int(st["pid"]), st.get("pidStartTime")

@@ -21,7 +21,7 @@ from typing import Any
 
 from app.runtime.kernel import PR_SET_CHILD_SUBREAPER, Kernel, caps, cgroups, seccomp
 from app.runtime.oci import hooks, state
-from app.runtime.oci.init import recv, send, stage1
+from app.runtime.oci.init import describe, enter_namespaces, init, needs_hook_sync, recv, send, stage1
 from app.runtime.oci.process import RLIMITS
 
 
@@ -163,9 +163,14 @@ def create(
     subreaper: bool = False,
     console: socket.socket | None = None,
     extra: dict[str, Any] | None = None,
+    disposable: bool = False,
 ) -> dict[str, Any]:
     """Create the container; ``console`` (a connected socket) may replace ``console_socket``;
-    ``extra`` is merged into the stored state (the shim records itself there)."""
+    ``extra`` is merged into the stored state (the shim records itself there).
+    ``disposable``: the calling process only reports the result and exits (the shim's creator
+    child), so it may itself enter the container's namespaces instead of forking a stage S
+    (one process fewer on the critical path) when nothing needs it outside: no newuidmap,
+    no create-time hooks."""
     if not state.valid_id(container_id):
         raise CreateError(f"invalid container id {container_id!r}")
     bundle = os.path.realpath(bundle)
@@ -189,7 +194,7 @@ def create(
     } | (extra or {})
     state.save(root, st)
     try:
-        return _create(kernel, root, cfg, st, console_socket, pid_file, subreaper, console)
+        return _create(kernel, root, cfg, st, console_socket, pid_file, subreaper, console, disposable)
     except BaseException:
         _destroy(st)
         shutil.rmtree(directory, ignore_errors=True)
@@ -205,6 +210,7 @@ def _create(
     pid_file: str | None,
     subreaper: bool,
     console: socket.socket | None,
+    disposable: bool = False,
 ) -> dict[str, Any]:
     linux = cfg.get("linux") or {}
     listener = _bind_exec_socket(state.container_dir(root, st["id"]))
@@ -223,10 +229,29 @@ def _create(
         kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
     plan = _plan(cfg, cg)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s_pid = os.fork()
-    if s_pid == 0:
-        parent.close()
-        stage1(kernel, cfg, child, listener, console, plan)
+    joins_user = any(ns["type"] == "user" and ns.get("path") for ns in linux.get("namespaces") or [])
+    if disposable and not plan["parent_maps"] and not joins_user and not needs_hook_sync(cfg):
+        # Single stage: this process is S. It keeps the host's mount namespace (the init
+        # unshares its own before pivoting), so its state writes below still land on host paths;
+        # a user namespace it enters is a fresh one mapping only our own ID (or none at all), so
+        # it still owns those files.
+        try:
+            in_userns = enter_namespaces(kernel, cfg, None, plan, mount=False)
+        except BaseException as exc:
+            raise CreateError(*describe(exc)) from exc
+        s_pid = os.fork()
+        if s_pid == 0:
+            parent.close()
+            init(kernel, cfg, child, listener, console, in_userns=in_userns, own_mount_ns=True)
+        st["pid"] = s_pid
+        info = state.proc_stat(s_pid)
+        st["pidStartTime"] = info[1] if info else None
+        state.save(root, st)
+    else:
+        s_pid = os.fork()
+        if s_pid == 0:
+            parent.close()
+            stage1(kernel, cfg, child, listener, console, plan)
     child.close()
     listener.close()
     if console:
@@ -235,8 +260,9 @@ def _create(
         _drive(kernel, root, cfg, st, parent, s_pid, cg)
     finally:
         parent.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(s_pid, 0)
+        if s_pid != st.get("pid"):  # a stage S (not the init itself): reap it
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(s_pid, 0)
     st["status"] = "created"
     state.save(root, st)
     if pid_file:

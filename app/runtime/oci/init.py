@@ -58,13 +58,17 @@ def _expect(sock: socket.socket, kind: str) -> dict[str, Any]:
     return message
 
 
-def _fail(sock: socket.socket, exc: BaseException) -> NoReturn:
+def describe(exc: BaseException) -> tuple[str, int]:
+    """The message and exit code a setup failure is reported with."""
     if isinstance(exc, SetupError):
-        message, code = str(exc), exc.code
-    elif isinstance(exc, OSError):
-        message, code = f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", 1
-    else:
-        message, code = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", 1
+        return str(exc), exc.code
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", 1
+    return f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", 1
+
+
+def _fail(sock: socket.socket, exc: BaseException) -> NoReturn:
+    message, code = describe(exc)
     try:
         send(sock, {"type": "error", "message": message, "code": code})
     finally:
@@ -82,42 +86,62 @@ def stage1(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: s
     ``plan``: ``cgroups`` (dirs to join), ``self_maps`` ({"uid_map", "gid_map"} S may write
     itself: the caller's own single ID) or ``parent_maps`` (P must write them: "stage1"/"go")."""
     try:
-        for directory in plan.get("cgroups") or []:
-            kernel.write_file(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
-        namespaces = _namespaces(cfg)
-        by_type = {ns["type"]: ns for ns in namespaces}
-        user = by_type.get("user")
-        if user and user.get("path"):
-            _join(kernel, user["path"], k.CLONE_NEWUSER)
-        elif user:
-            kernel.unshare(k.CLONE_NEWUSER)
-            if plan.get("self_maps"):
-                kernel.write_file("/proc/self/setgroups", "deny")
-                kernel.write_file("/proc/self/uid_map", plan["self_maps"]["uid_map"])
-                kernel.write_file("/proc/self/gid_map", plan["self_maps"]["gid_map"])
-        if plan.get("parent_maps"):
-            send(sock=sync, message={"type": "stage1", "pid": os.getpid()})
-            _expect(sync, "go")
-        if user:
-            _become_root()
-        unshare_flags = 0
-        for ns in namespaces:
-            flag, _ = k.NAMESPACES.get(ns["type"], (0, ""))
-            if ns["type"] == "user" or not flag:
-                continue
-            if ns.get("path"):
-                _join(kernel, ns["path"], flag)
-            else:
-                unshare_flags |= flag
-        if unshare_flags:
-            kernel.unshare(unshare_flags)
+        user = enter_namespaces(kernel, cfg, sync, plan)
         pid = os.fork()
         if pid == 0:
-            init(kernel, cfg, sync, listener, console, in_userns=bool(user))
+            init(kernel, cfg, sync, listener, console, in_userns=user)
         send(sync, {"type": "pid", "pid": pid})
         os._exit(0)
     except BaseException as exc:
         _fail(sync, exc)
+
+
+def enter_namespaces(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket | None, plan: dict[str, Any],
+                     *, mount: bool = True) -> bool:
+    """Join cgroups, then the user namespace (mapped, and root in it), then the others; True
+    when a user namespace was entered. ``mount=False`` leaves the mount namespace to the init
+    (:func:`enter_mount_namespace`): a caller that keeps working on host paths afterwards (the
+    single-stage create) must not share the mount namespace whose root the init pivots."""
+    for directory in plan.get("cgroups") or []:
+        kernel.write_file(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
+    namespaces = _namespaces(cfg)
+    by_type = {ns["type"]: ns for ns in namespaces}
+    user = by_type.get("user")
+    if user and user.get("path"):
+        _join(kernel, user["path"], k.CLONE_NEWUSER)
+    elif user:
+        kernel.unshare(k.CLONE_NEWUSER)
+        if plan.get("self_maps"):
+            kernel.write_file("/proc/self/setgroups", "deny")
+            kernel.write_file("/proc/self/uid_map", plan["self_maps"]["uid_map"])
+            kernel.write_file("/proc/self/gid_map", plan["self_maps"]["gid_map"])
+    if plan.get("parent_maps"):
+        assert sync is not None
+        send(sock=sync, message={"type": "stage1", "pid": os.getpid()})
+        _expect(sync, "go")
+    if user:
+        _become_root()
+    unshare_flags = 0
+    for ns in namespaces:
+        flag, _ = k.NAMESPACES.get(ns["type"], (0, ""))
+        if ns["type"] == "user" or not flag or (ns["type"] == "mount" and not mount):
+            continue
+        if ns.get("path"):
+            _join(kernel, ns["path"], flag)
+        else:
+            unshare_flags |= flag
+    if unshare_flags:
+        kernel.unshare(unshare_flags)
+    return bool(user)
+
+
+def enter_mount_namespace(kernel: Kernel, cfg: dict[str, Any]) -> None:
+    for ns in _namespaces(cfg):
+        if ns["type"] == "mount":
+            if ns.get("path"):
+                _join(kernel, ns["path"], k.CLONE_NEWNS)
+            else:
+                kernel.unshare(k.CLONE_NEWNS)
 
 
 def _join(kernel: Kernel, path: str, flag: int) -> None:
@@ -145,9 +169,12 @@ def _become_root() -> None:
 
 
 def init(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: socket.socket,
-         console: socket.socket | None, *, in_userns: bool) -> NoReturn:
-    """Runs in I (pid 1 of the container when a pid namespace was asked)."""
+         console: socket.socket | None, *, in_userns: bool, own_mount_ns: bool = False) -> NoReturn:
+    """Runs in I (pid 1 of the container when a pid namespace was asked); ``own_mount_ns``:
+    enter the mount namespace here (single-stage create, see :func:`enter_namespaces`)."""
     try:
+        if own_mount_ns:
+            enter_mount_namespace(kernel, cfg)
         linux = cfg.get("linux") or {}
         types = {ns["type"]: ns for ns in _namespaces(cfg)}
         if "mount" not in types:
