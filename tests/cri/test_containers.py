@@ -399,6 +399,21 @@ async def test_security_context(stack: Any, test_images: Any) -> None:
     assert (await run("echo x > /dev/mynull && ls -l /dev/mynull")).stdout.startswith(b"c")  # device passed
     assert (await run("touch /newfile")).exit_code != 0  # read-only rootfs
     assert (await run("cat /proc/kcore | head -c 1 | wc -c")).stdout.strip() == b"0"  # masked
+    # root, drop ALL + add NET_ADMIN (containerd's order): exactly NET_ADMIN, effective too
+    sc2 = pb.LinuxContainerSecurityContext(capabilities=pb.Capability(drop_capabilities=["ALL"],
+                                                                      add_capabilities=["NET_ADMIN"]))
+    cfg2 = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="netadm"), image=pb.ImageSpec(image=ref),
+                              command=["sleep", "1000"], linux=pb.LinuxContainerConfig(security_context=sc2))
+    cid2 = (await rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg2))).container_id
+    await rt.StartContainer(pb.StartContainerRequest(container_id=cid2))
+    out = await rt.ExecSync(pb.ExecSyncRequest(container_id=cid2, cmd=["grep", "-E", "CapEff|CapBnd",
+                                                                       "/proc/self/status"], timeout=10))
+    assert {int(ln.split()[1], 16) for ln in out.stdout.decode().splitlines()} == {1 << 12}  # CAP_NET_ADMIN
+    bad_sc = pb.LinuxContainerSecurityContext(capabilities=pb.Capability(add_capabilities=["FLY"]))
+    bad = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="badcap"), image=pb.ImageSpec(image=ref),
+                             command=["true"], linux=pb.LinuxContainerConfig(security_context=bad_sc))
+    assert await code_of(rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=bad))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_attach_follows_output(stack: Any, test_images: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from cri_api.v1 import api_pb2 as pb
@@ -11,11 +10,11 @@ from cri_api.v1 import api_pb2 as pb
 from app.api.cri import container_convert as cc
 from app.api.cri import convert
 from app.api.cri.attach import parse_record
-from app.api.cri.bundle import cri_capabilities
 from app.api.cri.index import matches
 from app.api.cri.stats import cgroup_paths
 from app.errors import InvalidArgument
-from app.runtime.kernel.caps import DEFAULT_CAPS
+from app.runtime.kernel.caps import CAP_NAMES, DEFAULT_CAPS
+from app.runtime.oci.spec import capabilities
 from app.services.pod_types import NsMode, Pod, PodSpec, PodState
 
 
@@ -97,16 +96,21 @@ def test_container_filter_matching() -> None:
 
 
 def test_capability_rules() -> None:
+    """One implementation (the spec builder's) with containerd's rules, CRI names as kubelet sends them."""
     def caps(add: list[str], drop: list[str], privileged: bool = False) -> list[str]:
-        sc = SimpleNamespace(capabilities=SimpleNamespace(add_capabilities=add, drop_capabilities=drop),
-                             privileged=privileged)
-        return cri_capabilities(sc)["bounding"]
+        return capabilities(privileged, tuple(add), tuple(drop))
 
     assert caps([], ["ALL"]) == []
-    assert caps(["NET_BIND_SERVICE"], ["ALL"]) == ["CAP_NET_BIND_SERVICE"]
+    assert caps(["NET_ADMIN"], ["ALL"]) == ["CAP_NET_ADMIN"]  # add applies after drop ALL
+    assert caps(["NET_BIND_SERVICE", "sys_time"], ["all"]) == ["CAP_NET_BIND_SERVICE", "CAP_SYS_TIME"]
     assert set(caps([], [])) == set(DEFAULT_CAPS)
     assert "CAP_CHOWN" not in caps([], ["chown"])
     assert "CAP_SYS_ADMIN" in caps(["ALL"], []) and "CAP_SYS_ADMIN" in caps([], [], privileged=True)
+    assert caps(["ALL"], ["CHOWN"]) == [c for c in CAP_NAMES if c != "CAP_CHOWN"]  # ALL, then the drops
+    assert "CAP_NET_RAW" not in caps(["NET_RAW"], ["NET_RAW"])  # individual drops win, as containerd
+    assert caps(["ALL"], ["ALL"]) == []
+    with pytest.raises(InvalidArgument, match="unknown capability"):
+        caps(["CAP_FLY"], [])
 
 
 def test_log_records() -> None:

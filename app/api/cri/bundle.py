@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import InvalidArgument
-from app.runtime.kernel.caps import CAP_NAMES, DEFAULT_CAPS
 from app.runtime.oci import spec as specgen
 
 JOINED = ("ipc", "uts", "pid")
@@ -46,26 +45,11 @@ def pod_config(spec: specgen.ContainerSpec, image_config: dict[str, Any] | None,
     return cfg
 
 
-def cri_capabilities(sc: Any) -> dict[str, list[str]]:
-    """containerd's order: the defaults (all when privileged or ``add: [ALL]``), minus the drops
-    (``ALL`` = everything), plus the adds, so ``drop: [ALL], add: [NET_BIND_SERVICE]`` leaves
-    exactly NET_BIND_SERVICE. Unknown names fail later in the runtime with its message."""
-    def norm(name: str) -> str:
-        upper = name.upper()
-        return upper if upper.startswith("CAP_") else "CAP_" + upper
-
-    adds = {norm(c) for c in sc.capabilities.add_capabilities}
-    drops = {norm(c) for c in sc.capabilities.drop_capabilities}
-    base = set(CAP_NAMES) if sc.privileged or "CAP_ALL" in adds else set(DEFAULT_CAPS)
-    base = set() if "CAP_ALL" in drops else base - drops
-    base |= adds - {"CAP_ALL"}
-    names = [c for c in CAP_NAMES if c in base]
-    return {"bounding": names, "effective": names, "permitted": names}
-
-
 def apply_security(cfg: dict[str, Any], sc: Any) -> dict[str, Any]:
     """What CRI's security context says beyond ``ContainerSpec``: no_new_privs, supplemental groups,
-    masked and read-only paths (kubelet sends the defaults; a privileged container gets none)."""
+    masked and read-only paths (kubelet sends the defaults; a privileged container gets none).
+    Capabilities are not here: ``ContainerSpec.cap_add/cap_drop`` already went through
+    :func:`app.runtime.oci.spec.capabilities`, containerd's rules, the one implementation."""
     proc = cfg.setdefault("process", {})
     if sc.no_new_privs:
         proc["noNewPrivileges"] = True
@@ -73,7 +57,6 @@ def apply_security(cfg: dict[str, Any], sc: Any) -> dict[str, Any]:
         user = proc.setdefault("user", {})
         gids = list(user.get("additionalGids") or [])
         user["additionalGids"] = gids + [int(g) for g in sc.supplemental_groups if int(g) not in gids]
-    proc["capabilities"] = cri_capabilities(sc)
     linux = cfg.setdefault("linux", {})
     if sc.privileged:
         linux.pop("maskedPaths", None)

@@ -169,17 +169,25 @@ def resolve_user(user: str | None, passwd: str, group: str) -> dict[str, Any]:
 
 
 def capabilities(privileged: bool, add: tuple[str, ...], drop: tuple[str, ...]) -> list[str]:
+    """containerd's (CRI) order, so ``drop: [ALL], add: [NET_ADMIN]`` leaves exactly NET_ADMIN::
+
+        base  = all if privileged else the defaults
+        ALL in add  → base = all          ALL in drop → base = {}
+        base |= individual adds           base -= individual drops   (a cap both added and dropped is dropped)
+
+    Names with or without ``CAP_``, any case; unknown names are refused. Pure."""
     def norm(name: str) -> str:
         full = name.upper() if name.upper().startswith("CAP_") else "CAP_" + name.upper()
         if full not in CAP_NAMES and full != "CAP_ALL":
             raise InvalidArgument(f"unknown capability {name!r}", details={"field": "capabilities"})
         return full
 
-    base = set(CAP_NAMES) if privileged else set(DEFAULT_CAPS)
     adds = {norm(n) for n in add}
     drops = {norm(n) for n in drop}
-    base |= set(CAP_NAMES) if "CAP_ALL" in adds else adds - {"CAP_ALL"}
-    base = set() if "CAP_ALL" in drops else base - drops
+    base = set(CAP_NAMES) if privileged or "CAP_ALL" in adds else set(DEFAULT_CAPS)
+    if "CAP_ALL" in drops:
+        base = set()
+    base = (base | (adds - {"CAP_ALL"})) - (drops - {"CAP_ALL"})
     return [c for c in CAP_NAMES if c in base]
 
 
