@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -265,11 +264,7 @@ class ContainerRpcs:
         info = await self._cri_info(request.container_id)
         if info.status is not ContainerStatus.RUNNING:
             raise FailedPrecondition(f"container {info.id} is not running")
-        reopen = getattr(self.containers, "reopen_log", None)
-        if reopen is not None:
-            await reopen(info.id)
-        else:
-            _signal_shim_reopen(self.containers, info.id)
+        await self.containers.reopen_log(info.id)  # the shim closes and reopens the file kubelet renamed
         return pb.ReopenContainerLogResponse()
 
     @cri_stream
@@ -337,18 +332,6 @@ def _write_limits(container_id: str, pid: int, res: pb.LinuxContainerResources) 
         cgroups.create(path, {"memory": memory, "cpu": cpu})
     except OSError as exc:
         raise InvalidArgument(f"cannot apply the limits: {exc.strerror or exc}") from exc
-
-
-def _signal_shim_reopen(containers: Any, container_id: str) -> None:
-    """The shim reopens its CRI log on SIGUSR1 (``app.runtime.supervise.shim``)."""
-    from app.runtime.oci import state as oci_state
-    from app.runtime.supervise.shim import read_record
-
-    record = read_record(containers.shims_root, container_id, "shim.json") or {}
-    pid, start = int(record.get("shimPid") or 0), record.get("shimStart")
-    if not pid or not oci_state.process_alive(pid, start):
-        raise FailedPrecondition(f"container {container_id}: its log writer is not running")
-    os.kill(pid, signal.SIGUSR1)
 
 
 def _stats(info: ContainerInfo) -> pb.ContainerStats:
