@@ -34,8 +34,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, or_, update
-from sqlmodel import col, select
+from sqlalchemy import Table, bindparam, or_
+from sqlalchemy import select as sa_select
+from sqlmodel import select
 
 from app.config import RuntimeSettings
 from app.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
@@ -65,6 +66,13 @@ log = logging.getLogger(__name__)
 _NO_HOOK = ("host", "none")
 # What changes after the insert (create → created → running → exited): all _save writes.
 _MUTABLE = ("status", "pid", "pid_start", "shim_pid", "shim_start", "exit_code", "started_at", "finished_at")
+# Built once on the Core table (not the ORM entity: its UPDATE goes through the ORM's bulk
+# path), with bind parameters, so each execution reuses the compiled statement.
+_TABLE: Table = ContainerRow.__table__  # type: ignore[attr-defined]
+_UPDATE = _TABLE.update().where(_TABLE.c.id == bindparam("row_id")).values({n: bindparam(n) for n in _MUTABLE})
+_DELETE = _TABLE.delete().where(_TABLE.c.id == bindparam("row_id"))
+_TAKEN = sa_select(_TABLE.c.id).where(
+    or_(_TABLE.c.id == bindparam("row_id"), _TABLE.c.name == bindparam("name"))).limit(1)
 
 
 class ContainerService:
@@ -112,8 +120,7 @@ class ContainerService:
         """One UPDATE of the columns a transition changes (no ORM session, no SELECT first, no
         model dump: merge() cost twice as much); rows are inserted once, by create()."""
         with self.db.engine.begin() as conn:
-            conn.execute(update(ContainerRow).where(col(ContainerRow.id) == row.id)
-                         .values({name: getattr(row, name) for name in _MUTABLE}))
+            conn.execute(_UPDATE, {"row_id": row.id} | {name: getattr(row, name) for name in _MUTABLE})
         self._rows[row.id] = row
 
     def _lock(self, container_id: str) -> asyncio.Lock:
@@ -150,9 +157,8 @@ class ContainerService:
         runtime = req.runtime or self.settings.default_runtime
         backend = self._backend(runtime)
         name = spec.name or spec.id
-        with self.db.session() as s:  # one query for both (each costs a round trip through the ORM)
-            if s.exec(select(ContainerRow.id).where(
-                    or_(col(ContainerRow.id) == spec.id, col(ContainerRow.name) == name)).limit(1)).first() is not None:
+        with self.db.engine.connect() as conn:
+            if conn.execute(_TAKEN, {"row_id": spec.id, "name": name}).first() is not None:
                 raise AlreadyExists(f"container id or name {spec.id!r}/{name!r} already in use",
                                     details={"id": spec.id, "name": name})
         directory = self.containers_dir / spec.id
@@ -169,9 +175,8 @@ class ContainerService:
             image=req.image, status="creating", created_at=time.time(), network=spec.network,
             stop_signal=stop_sig, labels=json.dumps(spec.labels), annotations=json.dumps(spec.annotations),
             spec=json.dumps(asdict(spec), default=str))
-        with self.db.session() as s:
-            s.add(row)
-            s.commit()
+        with self.db.engine.begin() as conn:
+            conn.execute(_TABLE.insert(), row.model_dump())
         self._rows[row.id] = row
         try:
             await self._spawn(row, backend, bool(cfg["process"].get("terminal")), spec)
@@ -234,7 +239,7 @@ class ContainerService:
         shutil.rmtree(self.containers_dir / row.id, ignore_errors=True)
         shutil.rmtree(os.path.join(self.shims_root, row.id), ignore_errors=True)
         with self.db.engine.begin() as conn:  # one DELETE (the ORM would SELECT the row first)
-            conn.execute(delete(ContainerRow).where(col(ContainerRow.id) == row.id))
+            conn.execute(_DELETE, {"row_id": row.id})
         self._rows.pop(row.id, None)
         self._exited.pop(row.id, None)
         self._locks.pop(row.id, None)
