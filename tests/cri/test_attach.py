@@ -10,6 +10,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from cri_api.v1 import api_pb2 as pb
 from websockets.asyncio.client import connect as ws_connect
 from websockets.typing import Subprotocol
@@ -130,3 +131,37 @@ async def test_attach_stdin_to_container_without_stdin_is_dropped(stack: Any, te
                 got[msg[0]] = got.get(msg[0], b"") + msg[1:]
     assert got[1] == b"done\n" and json.loads(got[3])["status"] == "Success"
     await _exited_with(rt, cid, 0)
+
+
+def _following() -> int:
+    """Attach sessions alive in this process (the CRI server runs in the test's loop): each one
+    runs a resize drain task for as long as it follows the log."""
+    return sum(1 for t in asyncio.all_tasks() if "_drain_resize" in repr(t.get_coro()))
+
+
+@pytest.mark.parametrize("proto", ["websocket", "spdy"])
+async def test_attach_session_ends_when_the_client_leaves(stack: Any, test_images: Any,  # noqa: F811
+                                                          proto: str) -> None:
+    """A client that disconnects ends its session; the container keeps running."""
+    rt, im, _node, tmp = stack
+    cid = await _cat_container(rt, im, test_images.busybox.ref, tmp, f"attleave{proto}", stdin=False,
+                               command=("sleep", "1000"))
+    before = _following()
+    url = (await rt.Attach(pb.AttachRequest(container_id=cid, stdout=True, stderr=True))).url
+    if proto == "websocket":
+        ws = await ws_connect("ws://" + url.removeprefix("http://"), subprotocols=[V5])
+        await asyncio.sleep(0.5)
+        assert _following() == before + 1
+        await ws.close()
+    else:
+        client = await SpdyClient.connect(url, ["v4.channel.k8s.io"])
+        for kind in ("error", "stdout", "stderr"):
+            client.open({"streamtype": kind})
+        await asyncio.sleep(0.5)
+        assert _following() == before + 1
+        await client.close()
+    async with asyncio.timeout(5):
+        while _following() > before:
+            await asyncio.sleep(0.05)
+    st = (await rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid))).status
+    assert st.state == pb.CONTAINER_RUNNING

@@ -15,6 +15,7 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as pb_grpc
 from websockets.asyncio.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 from app.api.cri.servicers import add_cri_servicers
 from app.config import RuntimeSettings, Settings
@@ -123,7 +124,7 @@ async def test_full_lifecycle_with_logs_exec_and_filters(stack: Any, test_images
     url = (await rt.Exec(pb.ExecRequest(container_id=cid, cmd=["sh", "-c", "cat; exit 3"], stdin=True,
                                         stdout=True, stderr=True))).url
     got: dict[int, bytes] = {}
-    async with ws_connect("ws://" + url.removeprefix("http://"), subprotocols=["v5.channel.k8s.io"]) as ws:
+    async with ws_connect("ws://" + url.removeprefix("http://"), subprotocols=[Subprotocol("v5.channel.k8s.io")]) as ws:
         await ws.send(b"\x00in-container")
         await ws.send(b"\xff\x00")
         async for msg in ws:
@@ -331,7 +332,7 @@ async def test_containers_share_the_pods_namespaces(stack: Any, test_images: Any
         namespace_options=pb.NamespaceOption(pid=pb.POD)))
     config = pod_config("shared", hostname="shared-host", linux=shared_pid)
     pod_id = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config))).pod_sandbox_id
-    ids = []
+    ids: list[str] = []
     for name in ("one", "two"):
         cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=ref),
                                  command=["sleep", f"{1000 + len(ids)}"], linux=pb.LinuxContainerConfig(
@@ -430,7 +431,7 @@ async def test_attach_follows_output(stack: Any, test_images: Any) -> None:
     await rt.StartContainer(pb.StartContainerRequest(container_id=cid))
     url = (await rt.Attach(pb.AttachRequest(container_id=cid, stdout=True, stderr=True))).url
     got: dict[int, bytes] = {}
-    async with ws_connect("ws://" + url.removeprefix("http://"), subprotocols=["v4.channel.k8s.io"]) as ws:
+    async with ws_connect("ws://" + url.removeprefix("http://"), subprotocols=[Subprotocol("v4.channel.k8s.io")]) as ws:
         await asyncio.sleep(0.3)  # the attach session is following the log now
         await rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["touch", "/tmp/go"], timeout=10))
         async for msg in ws:

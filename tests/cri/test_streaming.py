@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import websockets
 from websockets.asyncio.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 from app.api.cri.streaming import spdy
 from app.api.cri.streaming.portforward import PortForwardRequest
@@ -166,7 +167,8 @@ async def collect(ws: websockets.ClientConnection) -> dict[int, bytes]:
 
 async def test_websocket_v5_exec_with_stdin_close(server: StreamServer) -> None:
     url = server.url_for(CommandRequest("exec", "c1", ("sh", "-c", "cat; echo e >&2; exit 7"), stdin=True))
-    async with ws_connect(ws_url(url), subprotocols=["v5.channel.k8s.io", "v4.channel.k8s.io"]) as ws:
+    protocols = [Subprotocol("v5.channel.k8s.io"), Subprotocol("v4.channel.k8s.io")]
+    async with ws_connect(ws_url(url), subprotocols=protocols) as ws:
         assert ws.subprotocol == "v5.channel.k8s.io"
         await ws.send(b"\x00from ws")
         await ws.send(b"\xff\x00")  # v5: close stdin
@@ -178,7 +180,7 @@ async def test_websocket_v5_exec_with_stdin_close(server: StreamServer) -> None:
 
 async def test_websocket_v4_attach_tty(server: StreamServer) -> None:
     url = server.url_for(CommandRequest("attach", "c1", tty=True, stdin=True, stderr=False))
-    async with ws_connect(ws_url(url), subprotocols=["v4.channel.k8s.io"]) as ws:
+    async with ws_connect(ws_url(url), subprotocols=[Subprotocol("v4.channel.k8s.io")]) as ws:
         await ws.send(b'\x04{"Width":90,"Height":30}')
         await ws.send(b"\x00typed\n\x04")  # ^D ends cat on the tty
         got = await asyncio.wait_for(collect(ws), 10)
@@ -189,7 +191,7 @@ async def test_websocket_v4_attach_tty(server: StreamServer) -> None:
 async def test_websocket_unknown_protocol_refused(server: StreamServer) -> None:
     url = server.url_for(CommandRequest("exec", "c1", ("true",)))
     with pytest.raises(websockets.InvalidStatus):
-        async with ws_connect(ws_url(url), subprotocols=["v9.channel.k8s.io"]):
+        async with ws_connect(ws_url(url), subprotocols=[Subprotocol("v9.channel.k8s.io")]):
             pass
 
 
@@ -225,7 +227,7 @@ async def test_spdy_portforward_two_connections(server: StreamServer, echo_port:
 
 async def test_websocket_portforward(server: StreamServer, echo_port: int) -> None:
     url = server.url_for(PortForwardRequest("pod1", ()))
-    async with ws_connect(ws_url(url) + f"?port={echo_port}", subprotocols=["portforward.k8s.io"]) as ws:
+    async with ws_connect(ws_url(url) + f"?port={echo_port}", subprotocols=[Subprotocol("portforward.k8s.io")]) as ws:
         first = [await ws.recv(), await ws.recv()]
         port_bytes = echo_port.to_bytes(2, "little")
         assert first == [b"\x00" + port_bytes, b"\x01" + port_bytes]

@@ -3,7 +3,7 @@
 The container's stdio belongs to its shim, which writes output to the CRI log
 (``<RFC 3339 nano> <stream> <P|F> <text>``). Attaching therefore follows that file
 from its current end (reopening it when kubelet rotates it) and turns records back
-into raw output, until the container stops. Input goes the other way through the
+into raw output, until the container stops or the client goes away. Input goes the other way through the
 shim's ``attach.sock`` relay (the container service's ``attach_stdin``)::
 
     client stdin ──► io.stdin ──► attach.sock ──► shim ──► container stdin (pipe or pty master)
@@ -58,6 +58,8 @@ async def follow_log(containers: Any, container_id: str, io: CommandIO, *, stdin
             if chunk:
                 pending = await _emit(pending + chunk, io)
                 continue
+            if io.gone.is_set():  # the client left: stop following (the container runs on)
+                return 0
             state = await containers.inspect(container_id)
             if state.status is not ContainerStatus.RUNNING:
                 # what the shim wrote between our last read and the exit

@@ -54,10 +54,12 @@ class CommandRequest:
 class CommandIO:
     """The backend's view of a session: bytes and resizes in, writers out.
 
-    ``stdin`` yields chunks then ``None`` at EOF; ``resize`` yields (width, height).
+    ``stdin`` yields chunks then ``None`` at EOF; ``resize`` yields (width, height);
+    ``gone`` is set when the client's connection is over (an attach stops following then).
     """
 
     stdin: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
     resize: asyncio.Queue[tuple[int, int]] = field(default_factory=asyncio.Queue)
     write_stdout: Callable[[bytes], Awaitable[None]] | None = None
     write_stderr: Callable[[bytes], Awaitable[None]] | None = None
@@ -172,6 +174,7 @@ async def serve_spdy(conn: SpdyConnection, protocol: str, req: CommandRequest, b
         pumps.append(asyncio.create_task(_pump_stdin(streams["stdin"], io)))
     if "resize" in streams:
         pumps.append(asyncio.create_task(_pump_resize(streams["resize"], io)))
+    pumps.append(asyncio.create_task(_watch_spdy(conn, io)))
     rc, err = await _run(backend, req, io)
     for name in ("stdout", "stderr"):
         if name in streams:
@@ -183,6 +186,13 @@ async def serve_spdy(conn: SpdyConnection, protocol: str, req: CommandRequest, b
     for t in pumps:
         t.cancel()
     await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def _watch_spdy(conn: SpdyConnection, io: CommandIO) -> None:
+    """The session is over when the peer goes away (GOAWAY or EOF); later streams are refused."""
+    while (extra := await conn.accept()) is not None:
+        extra.reset()
+    io.gone.set()
 
 
 async def _pump_stdin(stream: SpdyStream, io: CommandIO) -> None:
@@ -241,3 +251,4 @@ async def _ws_reader(ws: WsConnection, protocol: str, req: CommandRequest, io: C
             await io.stdin.put(None)
     if stdin_open:
         await io.stdin.put(None)
+    io.gone.set()  # recv() is None only once the connection is closed
