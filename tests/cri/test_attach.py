@@ -65,16 +65,19 @@ async def test_attach_stdin_echo_over_websocket(stack: Any, test_images: Any) ->
     await _exited_with(rt, cid, 0)
 
 
-async def test_attach_stdin_echo_over_spdy(stack: Any, test_images: Any) -> None:  # noqa: F811
+@pytest.mark.parametrize(("command", "line"), [(("cat",), b"hello\n"), (("/bin/sh",), b"echo hello\n")],
+                         ids=["cat", "sh"])  # sh: critest's createShellContainer + "echo hello"
+async def test_attach_stdin_echo_over_spdy(stack: Any, test_images: Any,  # noqa: F811
+                                           command: tuple[str, ...], line: bytes) -> None:
     rt, im, _node, tmp = stack
-    cid = await _cat_container(rt, im, test_images.busybox.ref, tmp, "attspdy")
+    cid = await _cat_container(rt, im, test_images.busybox.ref, tmp, f"attspdy{command[-1][-2:]}", command=command)
     url = (await rt.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True))).url
     client = await SpdyClient.connect(url, ["v4.channel.k8s.io"])
     err = client.open({"streamtype": "error"})
     sin = client.open({"streamtype": "stdin"})
     sout = client.open({"streamtype": "stdout"})
     client.open({"streamtype": "stderr"})
-    client.send(sin, b"hello\n")
+    client.send(sin, line)
     async with asyncio.timeout(20):
         while bytes(client.data[sout]) != b"hello\n":
             await asyncio.sleep(0.05)
