@@ -22,10 +22,15 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
-import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
+
+# subprocess and threading are imported where the daemon side needs them, not at module
+# level: the fork server imports this module, and threading's at-fork handler (plus the
+# pages those modules occupy) would cost every forked shim and init copy-on-write faults.
 
 _MAX_FDS = 8
 
@@ -101,6 +106,8 @@ class ForkServer:
 
     def __init__(self, sock: socket.socket, pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
         self.sock, self.pid, self._proc = sock, pid, proc
+        import threading
+
         self._lock = threading.Lock()
 
     def request(self, message: dict[str, Any], fds: list[int] | None = None) -> socket.socket:
@@ -146,6 +153,8 @@ class ForkServer:
 def start_forkserver(python: str | None = None) -> ForkServer:
     """Start the fork server (a fresh interpreter). Call it early in ``vapp-core daemon``;
     spawning uses fork+exec (``subprocess``), so it stays safe even if threads already exist."""
+    import subprocess
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)

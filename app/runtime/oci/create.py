@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from typing import Any
 
@@ -117,6 +116,8 @@ def _maps(linux: dict[str, Any], key: str, own: int) -> list[tuple[int, int, int
 def write_id_maps(kernel: Kernel, pid: int, linux: dict[str, Any]) -> None:
     """Single own-ID maps (or any map as root) are written directly; ranges go through
     newuidmap/newgidmap (setuid helpers, run side by side)."""
+    import subprocess  # only for ranges (see hooks.py for why not at module level)
+
     uid, gid = os.geteuid(), os.getegid()
     helpers: list[tuple[str, subprocess.Popen[bytes]]] = []
     for key, own, tool, file in (("uidMappings", uid, "newuidmap", "uid_map"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from typing import Any
 
 
@@ -14,8 +13,14 @@ class HookError(Exception):
 
 def run_hooks(hooks: list[dict[str, Any]] | None, state: dict[str, Any], stage: str) -> None:
     """Run each hook in order; the first failing one raises :class:`HookError` naming the stage."""
+    if not hooks:
+        return
+    # Imported here, not at module level: it brings threading (an at-fork handler) into every
+    # process the fork server forks. The init imports it before pivot_root when hooks exist.
+    import subprocess
+
     payload = json.dumps(state).encode()
-    for hook in hooks or []:
+    for hook in hooks:
         path = hook["path"]
         args = hook.get("args") or [path]
         env = dict(e.split("=", 1) for e in hook.get("env") or [] if "=" in e)

@@ -195,6 +195,7 @@ def init(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: soc
         rootfs.setup_devices(kernel, ctx, list(linux.get("devices") or []), dev_tmpfs)
         state: dict[str, Any] = {}
         if needs_hook_sync(cfg):
+            import subprocess  # noqa: F401  hooks.run_hooks needs it; after pivot_root it is out of reach
             send(sync, {"type": "hooks"})
             state = _expect(sync, "ok")["state"]
             hooks.run_hooks((cfg.get("hooks") or {}).get("createContainer"), state, "createContainer")
