@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from app.runtime.kernel import PR_SET_CHILD_SUBREAPER, Kernel, caps, cgroups, seccomp
-from app.runtime.oci import hooks, state
+from app.runtime.oci import hooks, ops, state
 from app.runtime.oci.init import describe, enter_namespaces, init, needs_hook_sync, recv, send, stage1
 from app.runtime.oci.process import RLIMITS
 
@@ -349,9 +349,5 @@ def _destroy(st: dict[str, Any]) -> None:
     if pid and state.process_alive(pid, st.get("pidStartTime")):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while state.process_alive(pid, st.get("pidStartTime")) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.002)
+        ops.wait_gone(pid, st.get("pidStartTime"), 5.0)
     cgroups.remove(list(st.get("cgroups") or []))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import time
@@ -80,13 +81,30 @@ def processes(st: dict[str, Any]) -> list[int]:
 
 
 def wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
+    """True once ``pid`` (that incarnation) has exited (zombie counts; reaped if ours).
+
+    Sleeps on a pidfd (readable at exit, for non-children too) instead of polling; where
+    pidfds are missing it falls back to a 2 ms poll."""
     deadline = time.monotonic() + timeout
-    while state.process_alive(pid, start_time):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
+    pidfd = -1
+    with contextlib.suppress(OSError):
+        pidfd = os.pidfd_open(pid)
+    try:
+        while state.process_alive(pid, start_time):  # checked after the open: no pid reuse race
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if pidfd >= 0:
+                select.select([pidfd], [], [], remaining)
+            else:
+                time.sleep(0.002)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
     return True
 
 
