@@ -60,7 +60,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     # Probe mounts on the state dir's filesystem: that is where snapshots will live.
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    results = run_checks(CheckEnv(scratch_dir=settings.state_dir))
+    results = run_checks(CheckEnv(scratch_dir=settings.state_dir, default_runtime=settings.runtime.default_runtime))
     if exit_code(results) != 0 and not args.skip_check:
         log.error("system check failed; fix the items below or pass --skip-check\n%s", render_text(results))
         return 1

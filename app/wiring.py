@@ -95,7 +95,8 @@ async def build_node(settings: Settings) -> Node:
     snap_root = settings.state_dir / "snapshots"
     layers = LayerSnapshots(snap_root, remover=unpacker.remove)
     snapshotter, _why = build_snapshotter(
-        settings.runtime.snapshotter, layers, snap_root, remover=unpacker.remove, merger=unpacker.merge
+        settings.runtime.snapshotter, layers, snap_root, remover=unpacker.remove, merger=unpacker.merge,
+        mounts_in_userns=settings.runtime.default_runtime == "native",  # its init mounts a rootless overlay
     )
     puller = Puller(
         node.cache.fetcher, node.content, layers, unpacker,

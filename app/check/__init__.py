@@ -62,7 +62,8 @@ def _check_snapshotter(env: CheckEnv) -> CheckResult:
 
     from app.runtime.snapshots.select import choose_snapshotter
 
-    name, reason = choose_snapshotter("auto", Path(env.scratch_dir or tempfile.gettempdir()), rootless=env.rootless)
+    name, reason = choose_snapshotter("auto", Path(env.scratch_dir or tempfile.gettempdir()), rootless=env.rootless,
+                                      mounts_in_userns=env.default_runtime == "native")  # as app/wiring.py
     fix = "" if name != "copy" else "copy works everywhere but costs a full copy per container"
     return CheckResult("snapshotter", True, Severity.WARN, f"{name}: {reason}", fix)
 

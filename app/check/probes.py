@@ -53,6 +53,7 @@ class CheckEnv:
     scratch_dir: Path | None = None  # where mount probes run: put it on the state dir's filesystem
     search_path: str | None = None  # PATH to find helpers in (default: $PATH plus the sbin dirs)
     timeout: float = 5.0  # per probe
+    default_runtime: str = "native"  # runtime.default_runtime: native mounts a rootless overlay in the container
 
     @property
     def rootless(self) -> bool:

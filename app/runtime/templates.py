@@ -34,6 +34,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import stat
 import threading
 from collections.abc import Collection, Mapping, Sequence
@@ -180,7 +181,9 @@ def resolve_in_rootfs(rootfs: Path, destination: str) -> Path:
     link target restarts at the rootfs, ``..`` stops at it). The last component
     may be missing; a last component that is a symlink is followed too.
     """
-    root = Path(os.path.realpath(rootfs))
+    # /proc/<pid>/root (a container whose rootfs is mounted only in its own namespace) must stay
+    # as is: realpath would turn that magic link into the daemon's own "/".
+    root = Path(rootfs) if re.fullmatch(r"/proc/[0-9]+/root", str(rootfs)) else Path(os.path.realpath(rootfs))
     pending = list(PurePosixPath(destination).parts[1:])
     current: list[str] = []
     followed = 0

@@ -7,7 +7,9 @@ snapshotter and the container service, so the app logic stays independent of
 their richer APIs::
 
     ImagePullAdapter ── ImageService.pull (per-blob PullEvents → one bytes figure)
-    ContainerAdapter ── Snapshotter.prepare → mounted rootfs (RootfsMounter)
+    ContainerAdapter ── Snapshotter.prepare → mounted rootfs (RootfsMounter), or rootless:
+                        the overlay description handed to the native init (mounted in the
+                        container's own user+mount namespace, never on the host)
                      └─ ContainerService.create/start/stop/remove/exec/inspect
 
 Root filesystem per app container (``<snapshots>/containers/<id>/rootfs``):
@@ -94,6 +96,15 @@ class KernelRootfsMounter:
             self.kernel.umount2(str(target), 2)  # MNT_DETACH: a lingering exec must not block removal
 
 
+def in_container_overlay(mounts: Sequence[Any]) -> dict[str, Any] | None:
+    """Rootless: the overlay description the native init mounts inside the container's user
+    namespace (``userxattr`` overlays cannot be mounted in the daemon's); None = mount here."""
+    if os.geteuid() == 0 or len(mounts) != 1 or mounts[0].type != "overlay":
+        return None
+    m = mounts[0]
+    return {"type": "overlay", "source": m.source, "options": list(m.options)}
+
+
 class ContainerAdapter:
     """App containers over the container service, with rootfs from the snapshotter."""
 
@@ -115,7 +126,9 @@ class ContainerAdapter:
         image = self._image(req.image)
         rootfs = self.snapshotter.rootfs_dir(req.container_id)
         mounts = await asyncio.to_thread(self.snapshotter.prepare, req.container_id, list(image.chain_ids))
-        await asyncio.to_thread(self.mounter.mount, mounts, rootfs)
+        overlay = in_container_overlay(mounts)
+        if overlay is None:
+            await asyncio.to_thread(self.mounter.mount, mounts, rootfs)
         spec = self.spec_factory(
             id=req.container_id, name=req.container_id,
             command=tuple(req.command) if req.command else None, args=tuple(req.args) or None,
@@ -124,13 +137,22 @@ class ContainerAdapter:
         )
         try:
             await self.containers.create(CreateRequest(spec=spec, rootfs=str(rootfs), image_config=image.config,
-                                                       image=image.id))
+                                                       image=image.id, rootfs_overlay=overlay))
         except BaseException:
             await asyncio.to_thread(self._release, req.container_id)
             raise
 
     async def write_files(self, container_id: str, files: Sequence[templates.Rendered]) -> None:
         rootfs = self.snapshotter.rootfs_dir(container_id)
+        if not os.path.ismount(rootfs) and (rootfs.parent / "upper").is_dir():
+            # The overlay is mounted only in the created container's mount namespace: write
+            # through its root (the merged view; writing the upper dir behind a mounted
+            # overlay's back may stay invisible to it).
+            info = await self.containers.inspect(container_id)
+            if not info.pid:
+                raise FailedPrecondition(f"container {container_id!r} has no init to write files through",
+                                         category=Category.RUNTIME, phase="create")
+            rootfs = Path(f"/proc/{info.pid}/root")
 
         def write() -> None:
             for item in files:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import FailedPrecondition, InvalidArgument
+from app.runtime.oci import rootfs as rootfs_mod
 from app.runtime.oci import spec as specgen
 from app.runtime.oci import state as oci_state
 from app.services.container_types import ContainerInfo, ContainerStatus, CreateRequest
@@ -47,8 +48,11 @@ def make_bundle(req: CreateRequest, directory: Path, lookup: Lookup, *, cgroup_p
         spec = replace(spec, cgroup_parent=cgroup_parent)
     if uid != 0 and not spec.uid_maps and subordinate_ids:
         spec = replace(spec, uid_maps=subid_maps("/etc/subuid", uid), gid_maps=subid_maps("/etc/subgid", gid))
-    cfg = specgen.build_config(spec, req.image_config, passwd=read_rootfs_file(spec.rootfs, "etc/passwd"),
-                               group=read_rootfs_file(spec.rootfs, "etc/group"), host_uid=uid, host_gid=gid)
+    overlay = req.rootfs_overlay
+    cfg = specgen.build_config(spec, req.image_config, passwd=read_rootfs_file(spec.rootfs, "etc/passwd", overlay),
+                               group=read_rootfs_file(spec.rootfs, "etc/group", overlay), host_uid=uid, host_gid=gid)
+    if overlay is not None:
+        cfg["annotations"][rootfs_mod.OVERLAY_ANNOTATION] = json.dumps(overlay)
     _join_container(cfg, req.spec.network, lookup)
     bundle = directory / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
@@ -82,11 +86,35 @@ def _join_container(cfg: dict[str, Any], mode: str, lookup: Lookup) -> None:
                                                                                "nodev", "ro"]}]
 
 
-def read_rootfs_file(rootfs: str, rel: str) -> str:
-    try:
-        return (Path(rootfs) / rel).read_text(errors="replace")
-    except OSError:
-        return ""
+def read_rootfs_file(rootfs: str, rel: str, overlay: dict[str, Any] | None = None) -> str:
+    """A file of the container's root filesystem; with ``overlay`` (mounted only inside the
+    container) looked up through its dirs, upper first, stopping at a whiteout."""
+    dirs = [rootfs] if overlay is None else overlay_dirs(overlay)
+    parent, name = os.path.split(rel)
+    for top in dirs:
+        try:
+            return (Path(top) / rel).read_text(errors="replace")
+        except OSError:
+            if os.path.lexists(Path(top) / parent / f".wh.{name}"):
+                return ""
+    return ""
+
+
+def overlay_dirs(overlay: dict[str, Any]) -> list[str]:
+    """The dirs of an overlay mount description, in lookup order: upper, then lowers top first."""
+    upper: list[str] = []
+    lowers: list[str] = []
+    for opt in overlay.get("options") or ():
+        if opt.startswith("upperdir="):
+            upper = [opt.split("=", 1)[1]]
+        elif opt.startswith("lowerdir="):
+            lowers = opt.split("=", 1)[1].split(":")
+    return upper + lowers
+
+
+def config_overlay(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    raw = (cfg.get("annotations") or {}).get(rootfs_mod.OVERLAY_ANNOTATION)
+    return json.loads(raw) if raw else None
 
 
 def subid_maps(path: str, own: int) -> tuple[specgen.IdMap, ...]:
@@ -112,7 +140,9 @@ def exec_request(row: ContainerRow, argv: list[str], *, env: list[str] | None, u
     proc = cfg["process"]
     process_user = proc.get("user") or {}
     if user:
-        passwd, group = read_rootfs_file(row.rootfs, "etc/passwd"), read_rootfs_file(row.rootfs, "etc/group")
+        overlay = config_overlay(cfg)
+        passwd = read_rootfs_file(row.rootfs, "etc/passwd", overlay)
+        group = read_rootfs_file(row.rootfs, "etc/group", overlay)
         process_user = specgen.resolve_user(user, passwd, group)
     return {"pid": row.pid, "pidStartTime": row.pid_start, "argv": list(argv),
             "env": specgen.merge_env(proc.get("env"), tuple(env or ())), "cwd": workdir or proc.get("cwd"),

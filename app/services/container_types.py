@@ -34,6 +34,10 @@ class CreateRequest:
     image_config: dict[str, Any] | None = None
     image: str = ""
     runtime: str | None = None  # native | crun | runc; default from settings
+    # A snapshotter overlay mount description ({"type", "source", "options"}) the native init
+    # mounts on ``rootfs`` inside the container's namespaces (rootless overlay); ``rootfs`` is
+    # then the (empty) mount point. Native runtime only.
+    rootfs_overlay: dict[str, Any] | None = None
     log_path: str | None = None
     ports: tuple[dict[str, Any], ...] = ()
 

@@ -156,6 +156,9 @@ class ContainerService:
             raise InvalidArgument(f"invalid container id {spec.id!r}", details={"field": "id"})
         runtime = req.runtime or self.settings.default_runtime
         backend = self._backend(runtime)
+        if req.rootfs_overlay is not None and runtime != "native":  # crun/runc ignore the annotation
+            raise FailedPrecondition(f"an overlay root filesystem mounted in the container needs the native "
+                                     f"runtime, not {runtime}", details={"field": "runtime"})
         name = spec.name or spec.id
         with self.db.engine.connect() as conn:
             if conn.execute(_TAKEN, {"row_id": spec.id, "name": name}).first() is not None:

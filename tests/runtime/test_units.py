@@ -152,3 +152,34 @@ def test_symlink_resolution_stays_in_rootfs(tmp_path: Path) -> None:
     os.symlink("../etc", root / "rel")
     assert rootfs._join(str(root), "/escape/x") == str(root / "outside/x")
     assert rootfs._join(str(root), "/rel/hosts") == str(root / "etc/hosts")
+
+
+def test_overlay_annotation_is_mounted_on_the_root_first() -> None:
+    """The init mounts the annotated overlay on root.path (in its own namespaces) before the bind."""
+    import json
+
+    desc = {"type": "overlay", "source": "overlay",
+            "options": ["lowerdir=/l2:/l1", "upperdir=/c/upper", "workdir=/c/work", "userxattr"]}
+    data = rootfs.overlay_data({rootfs.OVERLAY_ANNOTATION: json.dumps(desc)})
+    assert data == "lowerdir=/l2:/l1,upperdir=/c/upper,workdir=/c/work,userxattr"
+    fake = FakeKernel()
+    ctx = rootfs.RootfsContext(rootfs="/c/rootfs", in_userns=True, owns_netns=True, owns_ipcns=True, overlay=data)
+    rootfs.prepare_root(fake, ctx)
+    assert [c[0] for c in fake.calls] == ["mount", "mount", "mount"]
+    assert fake.calls[1][1] == ("overlay", "/c/rootfs", "overlay", 0, data)
+    assert fake.calls[2][1][:2] == ("/c/rootfs", "/c/rootfs")  # then the usual self-bind
+    assert rootfs.overlay_data({}) is None
+
+
+@pytest.mark.parametrize("options", [
+    ["lowerdir=/a,upperdir=/x"],  # a comma smuggling options
+    ["upperdir=/u", "workdir=/w"],  # no lowerdir
+    ["lowerdir=/a", "dax"],  # not an overlay option
+])
+def test_overlay_annotation_rejects_bad_descriptions(options: list[str]) -> None:
+    import json
+
+    with pytest.raises(rootfs.MountError):
+        rootfs.overlay_data({rootfs.OVERLAY_ANNOTATION: json.dumps({"type": "overlay", "options": options})})
+    with pytest.raises(rootfs.MountError):
+        rootfs.overlay_data({rootfs.OVERLAY_ANNOTATION: "not json"})

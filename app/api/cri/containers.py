@@ -108,6 +108,7 @@ class ContainerRpcs:
         if annotations:
             spec.annotations.update(annotations)
         rootfs = await rootfs_provider.prepare(cid, image)
+        overlay_for = getattr(rootfs_provider, "overlay_for", None)  # rootless overlay mounted by the init
         bundle_dir = self.node.settings.state_dir / "cri" / "bundles" / cid
         try:
             from app.services.container_types import CreateRequest
@@ -122,7 +123,8 @@ class ContainerRpcs:
                 bundle_path = await asyncio.to_thread(bundle.write_bundle, bundle_dir, cfg_doc)
             await containers.create(CreateRequest(spec=spec, rootfs=rootfs, bundle=bundle_path,
                                                   image_config=image.config, image=image.id, runtime=handler,
-                                                  log_path=log_path or None))
+                                                  log_path=log_path or None,
+                                                  rootfs_overlay=overlay_for(cid) if overlay_for else None))
         except BaseException:
             with contextlib.suppress(Exception):
                 await rootfs_provider.release(cid)

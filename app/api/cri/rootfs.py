@@ -17,10 +17,21 @@ from typing import Any
 class CriRootfs:
     def __init__(self, snapshotter: Any, mounter: Any) -> None:
         self.snapshotter, self.mounter = snapshotter, mounter
+        self.overlays: dict[str, dict[str, Any]] = {}  # container id → overlay its init mounts
+
+    def overlay_for(self, container_id: str) -> dict[str, Any] | None:
+        """The overlay description to hand to the container service (consumed once)."""
+        return self.overlays.pop(container_id, None)
 
     async def prepare(self, container_id: str, image: Any) -> str:
         target: Path = self.snapshotter.rootfs_dir(container_id)
         mounts = await asyncio.to_thread(self.snapshotter.prepare, container_id, list(image.chain_ids))
+        from app.services.app_engines import in_container_overlay
+
+        overlay = in_container_overlay(mounts)
+        if overlay is not None:  # rootless overlay: the native init mounts it in the container
+            self.overlays[container_id] = overlay
+            return str(target)
         try:
             await asyncio.to_thread(self.mounter.mount, mounts, target)
         except BaseException:
@@ -29,6 +40,8 @@ class CriRootfs:
         return str(target)
 
     async def release(self, container_id: str) -> None:
+        self.overlays.pop(container_id, None)
+
         def work() -> None:
             with contextlib.suppress(OSError):
                 self.mounter.unmount(self.snapshotter.rootfs_dir(container_id))

@@ -184,6 +184,7 @@ def init(kernel: Kernel, cfg: dict[str, Any], sync: socket.socket, listener: soc
             in_userns=in_userns or _in_child_userns(),
             owns_netns="network" in types and not types["network"].get("path"),
             owns_ipcns="ipc" in types and not types["ipc"].get("path"),
+            overlay=rootfs.overlay_data(cfg.get("annotations")),
         )
         if ctx.owns_netns:
             kernel.loopback_up()  # a new netns starts with lo down; containers expect 127.0.0.1

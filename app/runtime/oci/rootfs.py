@@ -2,7 +2,8 @@
 
 Order (what works rootless on this machine, see machine-notes)::
 
-    / rprivate ─► bind rootfs on itself ─► config mounts in order (proc, /dev tmpfs, devpts,
+    / rprivate ─► [OVERLAY_ANNOTATION: mount the overlay on rootfs] ─► bind rootfs on itself ─►
+    config mounts in order (proc, /dev tmpfs, devpts,
     shm, mqueue, sysfs, binds...) ─► device nodes (mknod as real root, bind host node in a
     userns) + /dev symlinks ─► [createContainer hooks, caller] ─► pivot_root(".", ".") +
     umount2(".", MNT_DETACH) ─► masked paths, readonly paths, root.readonly, rootfsPropagation
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import stat
 from collections import deque
@@ -21,6 +23,13 @@ from typing import Any
 from app.runtime import kernel as k
 from app.runtime.kernel import Kernel
 from app.runtime.oci import mountopts
+
+# vapp-specific: the root filesystem is an overlay the init mounts itself, inside the
+# container's user+mount namespace (a rootless ``userxattr`` overlay can be mounted only
+# there). Value: JSON ``{"type": "overlay", "source": "overlay", "options": [...]}``.
+OVERLAY_ANNOTATION = "org.4lock.rootfs.overlay"
+_OVERLAY_OPTIONS = ("lowerdir=", "upperdir=", "workdir=", "userxattr", "redirect_dir=", "metacopy=", "index=",
+                    "xino=", "volatile")
 
 DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _DEV_LINKS = (
@@ -35,6 +44,7 @@ class RootfsContext:
     in_userns: bool  # mknod and some fs types are not allowed
     owns_netns: bool  # sysfs may be mounted only then
     owns_ipcns: bool  # mqueue may be mounted only then
+    overlay: str | None = None  # overlay mount data to put on rootfs first (OVERLAY_ANNOTATION)
 
 
 class MountError(OSError):
@@ -168,7 +178,30 @@ def _bind_host(kernel: Kernel, host: str, target: str, flags: int) -> None:
 
 def prepare_root(kernel: Kernel, ctx: RootfsContext) -> None:
     kernel.mount("none", "/", None, k.MS_REC | k.MS_PRIVATE, None)
+    if ctx.overlay is not None:  # lives only in this mount namespace: gone when the container is
+        kernel.mount("overlay", ctx.rootfs, "overlay", 0, ctx.overlay)
     kernel.mount(ctx.rootfs, ctx.rootfs, None, k.MS_BIND | k.MS_REC, None)
+
+
+def overlay_data(annotations: dict[str, str] | None) -> str | None:
+    """The overlay mount data from :data:`OVERLAY_ANNOTATION`, or None when absent."""
+    raw = (annotations or {}).get(OVERLAY_ANNOTATION)
+    if raw is None:
+        return None
+    try:
+        desc = json.loads(raw)
+        options = [str(o) for o in desc["options"]]
+        kind = desc.get("type", "overlay")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MountError(errno.EINVAL, f"annotation {OVERLAY_ANNOTATION}: not a mount description: {exc}") from exc
+    if kind != "overlay":
+        raise MountError(errno.EINVAL, f"annotation {OVERLAY_ANNOTATION}: type {kind!r} (only overlay)")
+    for opt in options:  # a comma would smuggle extra options into the mount data
+        if "," in opt or not opt.startswith(_OVERLAY_OPTIONS):
+            raise MountError(errno.EINVAL, f"annotation {OVERLAY_ANNOTATION}: option {opt!r} not allowed")
+    if not any(o.startswith("lowerdir=") for o in options):
+        raise MountError(errno.EINVAL, f"annotation {OVERLAY_ANNOTATION}: no lowerdir")
+    return ",".join(options)
 
 
 def setup_devices(kernel: Kernel, ctx: RootfsContext, devices: list[dict[str, Any]], dev_is_tmpfs: bool) -> None:

@@ -24,14 +24,17 @@ def choose_snapshotter(
 
     Rootless, overlay and fuse-overlayfs only work when whoever applies the mounts
     does so inside a user namespace that maps the layers' owners
-    (``mounts_in_userns``). The node's container paths mount root filesystems in
-    the daemon's own namespace today, so a rootless ``auto`` falls back to copy.
+    (``mounts_in_userns``): the native runtime's init mounts the overlay itself in
+    the container's user+mount namespace (annotation ``org.4lock.rootfs.overlay``);
+    crun/runc cannot, so with them as the default runtime a rootless ``auto``
+    falls back to copy. fuse-overlayfs is never mounted in the container, so it
+    also falls back to copy there.
     """
     rootless = os.geteuid() != 0 if rootless is None else rootless
     if choice != "auto":
         return choice, "configured"
     choice, reason = probe_snapshotter(root, rootless=rootless)
-    if rootless and not mounts_in_userns and choice != "copy":
+    if rootless and choice != "copy" and (not mounts_in_userns or choice != "overlay"):
         reason = f"{choice} works only inside a user namespace; container root filesystems are mounted outside one"
         choice = "copy"
     return choice, reason
