@@ -265,3 +265,26 @@ async def test_attach_stdin(service: ContainerService, rootfs: Path, tty: bool) 
     out = log_lines(info.log_path, "stdout")
     assert any(line.strip() == ("got-hello" if tty else "hello") for line in out), out
     await service.remove(info.id)
+
+
+async def test_overlay_rootfs_mounted_by_the_init(service: ContainerService, rootfs: Path, tmp_path: Path) -> None:
+    """An overlay description is mounted by the native init in the container's mount namespace only;
+    crun/runc would ignore the annotation, so the service refuses it for them."""
+    upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "merged"
+    for d in (upper, work, merged):
+        d.mkdir()
+    overlay = {"type": "overlay", "source": "overlay",
+               "options": [f"lowerdir={rootfs}", f"upperdir={upper}", f"workdir={work}"]}
+    spec = ContainerSpec(id=cid(), command=("sh", "-c", "echo hi > /new; cat /new"))
+    before = sorted(p.name for p in rootfs.iterdir())
+    with pytest.raises(FailedPrecondition, match="native runtime"):
+        await service.create(CreateRequest(spec=spec, rootfs=str(merged), rootfs_overlay=overlay, runtime="crun"))
+    assert await service.list() == []
+    info = await service.create(CreateRequest(spec=spec, rootfs=str(merged), rootfs_overlay=overlay))
+    await service.start(info.id)
+    assert await service.wait(info.id, 20) == 0
+    assert log_lines(info.log_path, "stdout") == ["hi"]
+    await service.remove(info.id)
+    assert (upper / "new").read_text() == "hi\n"  # the write landed in the upper dir
+    assert not (rootfs / "new").exists() and sorted(p.name for p in rootfs.iterdir()) == before
+    assert not os.path.ismount(merged) and os.listdir(merged) == []  # never mounted on the host
