@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -207,7 +208,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
+        return (init_settings, env_settings, _TomlValues(settings_cls, _FILE_VALUES.get() or {}))
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -218,26 +219,29 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port_text)
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+class _TomlValues(PydanticBaseSettingsSource):
+    """The ``--config`` file's values, one source under the environment.
+
+    pydantic-settings deep-merges its sources, so ``VAPP_BLOB__LISTEN`` overrides
+    one key of a ``[blob]`` table without discarding the table's other keys.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.values
 
 
-def _env_keys() -> set[str]:
-    return {k[5:].lower().split("__", 1)[0] for k in os.environ if k.startswith("VAPP_")}
+_FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("vapp_config_file_values", default=None)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings; raise :class:`InvalidArgument` naming the bad key.
-
-    The TOML file sits under the environment: a key set in both comes from the
-    environment, as operators expect when they override one value in a unit file.
-    """
+    """Build the settings (overrides > environment > file > defaults); :class:`InvalidArgument` names the bad key."""
     file_values: dict[str, Any] = {}
     if config_file is not None:
         try:
@@ -246,20 +250,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             raise InvalidArgument(f"config file {config_file}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise InvalidArgument(f"config file {config_file}: {exc}") from exc
-    # Environment wins over the file: drop file keys whose top-level section the
-    # environment sets entirely as a scalar; nested env keys are merged by pydantic.
-    env_top = _env_keys()
-    init = {k: v for k, v in file_values.items() if not (k in env_top and not isinstance(v, dict))}
-    init = _merge(init, {k: v for k, v in overrides.items() if v is not None})
+    token = _FILE_VALUES.set(file_values)
     try:
-        if any(isinstance(v, dict) for v in init.values()) and env_top:
-            # Sections present in both: let env override individual nested keys.
-            env_only = Settings.model_validate({})  # validates env alone
-            env_dump = env_only.model_dump(exclude_unset=True)
-            init = _merge(init, env_dump)
-        return Settings(**init)
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise InvalidArgument(format_validation_error(exc), details={"errors": _error_list(exc)}) from exc
+    finally:
+        _FILE_VALUES.reset(token)
 
 
 def _error_list(exc: ValidationError) -> list[dict[str, str]]:

@@ -46,6 +46,11 @@ def test_env_over_file_over_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert s.runtime.default_runtime == "crun"
     # explicit overrides (CLI flags) win over everything
     assert load_settings(cfg, admin_listen="127.0.0.1:1").admin_listen == "127.0.0.1:1"
+    # sections merge key by key across all three sources
+    cfg.write_text("[vappc]\nmax_line_bytes = 7\n[runtime]\nstop_grace_seconds = 3\n")
+    s = load_settings(cfg, vappc={"socket": "/x.sock"})
+    assert (s.vappc.max_line_bytes, str(s.vappc.socket)) == (7, "/x.sock")
+    assert (s.runtime.stop_grace_seconds, s.runtime.default_runtime) == (3, "crun")
 
 
 @pytest.mark.parametrize(
