@@ -44,6 +44,7 @@ from app.runtime.backends.base import Runtime, RuntimeFailure
 from app.runtime.backends.external import ExternalRuntime
 from app.runtime.backends.native import NativeRuntime
 from app.runtime.forkserver import ForkServer
+from app.runtime.kernel import cgroups as kcgroups
 from app.runtime.network import NetworkHook
 from app.runtime.oci import spec as specgen
 from app.runtime.oci import state as oci_state
@@ -359,6 +360,16 @@ class ContainerService:
                 await self.network.teardown(row.id)
             self._forget(row)
         self._emit("deleted", row.id)
+
+    async def update_resources(self, container_id: str, resources: dict[str, Any]) -> None:
+        """New limits (OCI ``linux.resources`` shape: ``memory``, ``cpu``) on a running container's own cgroup."""
+        row = self._refresh(self._row(container_id))
+        if row.status != ContainerStatus.RUNNING.value or not row.pid:
+            raise FailedPrecondition(f"container {row.id} is not running (state {row.status})", details={"id": row.id})
+        try:
+            await asyncio.to_thread(kcgroups.update_own, row.id, row.pid, resources)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot apply the limits to {row.id}: {exc.strerror or exc}") from exc
 
     async def attach_stdin(self, container_id: str) -> socket.socket:
         """A non-blocking socket whose writes reach the container's stdin (created with ``stdin``)."""

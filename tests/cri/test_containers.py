@@ -360,7 +360,7 @@ async def test_containers_share_the_pods_namespaces(stack: Any, test_images: Any
         container_id=ids[0], linux=pb.LinuxContainerResources(memory_limit_in_bytes=64 * 1024 * 1024,
                                                               cpu_quota=50000, cpu_period=100000)))
     info = await node.containers.inspect(ids[0])
-    from app.api.cri.stats import cgroup_paths
+    from app.runtime.kernel.cgroups import process_paths as cgroup_paths
 
     mem_dir = Path("/sys/fs/cgroup/memory") / cgroup_paths(info.pid)["memory"].lstrip("/")
     assert int((mem_dir / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024

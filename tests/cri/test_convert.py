@@ -11,9 +11,9 @@ from app.api.cri import container_convert as cc
 from app.api.cri import convert
 from app.api.cri.attach import parse_record
 from app.api.cri.index import matches
-from app.api.cri.stats import cgroup_paths
 from app.errors import InvalidArgument
 from app.runtime.kernel.caps import CAP_NAMES, DEFAULT_CAPS
+from app.runtime.kernel.cgroups import process_paths as cgroup_paths
 from app.runtime.oci.spec import capabilities
 from app.services.pod_types import NsMode, Pod, PodSpec, PodState
 
@@ -125,3 +125,13 @@ def test_cgroup_paths(tmp_path: Path) -> None:
     (tmp_path / "42" / "cgroup").write_text("5:memory:/vapp/c1\n2:cpu,cpuacct:/vapp/c1\n0::/\n")
     assert cgroup_paths(42, tmp_path) == {"memory": "/vapp/c1", "cpu": "/vapp/c1", "cpuacct": "/vapp/c1"}
     assert cgroup_paths(43, tmp_path) == {}
+
+
+def test_resources_keeps_only_what_is_set() -> None:
+    from cri_api.v1 import api_pb2 as pb
+
+    from app.api.cri.container_convert import resources
+
+    res = pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_quota=50000, cpu_period=100000)
+    assert resources(res) == {"memory": {"limit": 64 << 20}, "cpu": {"period": 100000, "quota": 50000}}
+    assert resources(pb.LinuxContainerResources()) == {"memory": {}, "cpu": {}}

@@ -150,3 +150,10 @@ def matches(info: ContainerInfo, f: Any) -> bool:
     if hasattr(f, "state") and f.HasField("state") and _STATE[info.status] != f.state.state:
         return False
     return all(info.labels.get(k) == v for k, v in f.label_selector.items())
+
+
+def resources(res: Any) -> dict[str, Any]:
+    """CRI ``LinuxContainerResources`` → the OCI ``linux.resources`` subset the container service applies."""
+    memory = {k: v for k, v in (("limit", res.memory_limit_in_bytes), ("swap", res.memory_swap_limit_in_bytes)) if v}
+    cpu = {k: v for k, v in (("shares", res.cpu_shares), ("period", res.cpu_period), ("quota", res.cpu_quota)) if v}
+    return {"memory": memory, "cpu": cpu}

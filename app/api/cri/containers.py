@@ -250,13 +250,7 @@ class ContainerRpcs:
     async def UpdateContainerResources(self, request: pb.UpdateContainerResourcesRequest,
                                        context: Ctx) -> pb.UpdateContainerResourcesResponse:
         info = await self._cri_info(request.container_id)
-        update = getattr(self.containers, "update_resources", None)
-        if update is not None:
-            await update(info.id, request.linux)
-        elif info.status is ContainerStatus.RUNNING and info.pid:
-            await asyncio.to_thread(_write_limits, info.id, info.pid, request.linux)
-        else:
-            raise FailedPrecondition(f"container {info.id} is not running (state {info.status.value})")
+        await self.containers.update_resources(info.id, cc.resources(request.linux))
         await self.index.refresh(info.id)
         return pb.UpdateContainerResourcesResponse()
 
@@ -317,23 +311,6 @@ def _ensure_mount_sources(mounts: Any) -> None:
             except OSError as exc:
                 raise InvalidArgument(f"mount source {m.host_path}: {exc.strerror}",
                                       details={"field": "mounts"}) from exc
-
-
-def _write_limits(container_id: str, pid: int, res: pb.LinuxContainerResources) -> None:
-    """New limits on the running container's cgroup (through the kernel seam's cgroup writer)."""
-    from app.runtime.kernel import cgroups
-
-    paths = stats.cgroup_paths(pid)
-    path = paths.get("memory") or paths.get("cpu") or ""
-    if not path.rstrip("/").endswith(container_id):  # never write limits on a cgroup we share
-        raise FailedPrecondition(f"container {container_id} has no cgroup of its own on this node")
-    memory = {k: v for k, v in (("limit", res.memory_limit_in_bytes), ("swap", res.memory_swap_limit_in_bytes))
-              if v}
-    cpu = {k: v for k, v in (("shares", res.cpu_shares), ("period", res.cpu_period), ("quota", res.cpu_quota)) if v}
-    try:
-        cgroups.create(path, {"memory": memory, "cpu": cpu})
-    except OSError as exc:
-        raise InvalidArgument(f"cannot apply the limits: {exc.strerror or exc}") from exc
 
 
 def _stats(info: ContainerInfo) -> pb.ContainerStats:

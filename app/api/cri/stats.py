@@ -20,22 +20,9 @@ from pathlib import Path
 
 from cri_api.v1 import api_pb2 as pb
 
+from app.runtime.kernel import cgroups
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def cgroup_paths(pid: int, proc: Path = Path("/proc")) -> dict[str, str]:
-    """controller → path for a process (v1 lines only). Pure apart from the one read."""
-    out: dict[str, str] = {}
-    try:
-        text = (proc / str(pid) / "cgroup").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) == 3 and parts[1]:
-            for ctrl in parts[1].split(","):
-                out[ctrl] = parts[2]
-    return out
 
 
 def _read_int(path: Path) -> int | None:
@@ -64,7 +51,7 @@ def usage(pid: int | None, container_id: str, root: Path = CGROUP_ROOT) -> tuple
     cpu, mem = pb.CpuUsage(timestamp=now), pb.MemoryUsage(timestamp=now)
     if not pid:
         return cpu, mem
-    paths = {k: v for k, v in cgroup_paths(pid).items() if v.rstrip("/").endswith(container_id)}
+    paths = {k: v for k, v in cgroups.process_paths(pid).items() if v.rstrip("/").endswith(container_id)}
     if "cpuacct" in paths:
         ns = _read_int(root / "cpuacct" / paths["cpuacct"].lstrip("/") / "cpuacct.usage")
         if ns is not None:

@@ -15,8 +15,10 @@ says what can be applied, for ``vapp-core check``. ``cgroupsPath`` ``slice:prefi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -143,6 +145,30 @@ def create(cgroups_path: str, resources: dict[str, Any] | None, root: str = CGRO
                 continue
             _write(os.path.join(target, name), value)
     return result
+
+
+def process_paths(pid: int, proc: Path = Path("/proc")) -> dict[str, str]:
+    """controller → cgroup path of a process (v1 lines; v2's unnamed line is skipped)."""
+    out: dict[str, str] = {}
+    try:
+        text = (proc / str(pid) / "cgroup").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[1]:
+            for ctrl in parts[1].split(","):
+                out[ctrl] = parts[2]
+    return out
+
+
+def update_own(container_id: str, pid: int, resources: dict[str, Any], root: str = CGROUP_ROOT) -> None:
+    """Apply new limits to the cgroup ``pid`` lives in, only when that cgroup is the container's own."""
+    paths = process_paths(pid)
+    path = paths.get("memory") or paths.get("cpu") or ""
+    if not path.rstrip("/").endswith(container_id):  # never write limits on a cgroup we share
+        raise CgroupError(errno.ENOENT, f"container {container_id} has no cgroup of its own on this node")
+    create(path, resources, root)
 
 
 def _makedirs(base: str, rel: str) -> None:
