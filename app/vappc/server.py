@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import socket
@@ -92,12 +91,8 @@ async def execute(backend: VappcBackend, req: p.Request, progress: ProgressFn,
     outcome = "ok"
     try:
         if req.cmd in intents.COMMANDS:
-            line = await intents.execute(bootstrap, req, progress)
-        else:
-            line = await _execute(backend, req, progress)
-        if line.startswith(b'{"msg":"Error"'):
-            outcome = json.loads(line).get("category", "error")
-        return line
+            return await intents.execute(bootstrap, req, progress)
+        return await _execute(backend, req, progress)
     except VappError as exc:
         outcome = exc.category.value
         return p.error_line(exc, rid)

@@ -80,6 +80,8 @@ def test_metrics_exposition(daemon: DaemonProcess) -> None:
         api_pb2_grpc.RuntimeServiceStub(channel).Version(api_pb2.VersionRequest(), timeout=10)
     with Client(str(daemon.vappc_socket), timeout=10) as c:
         c.ping()
+        with pytest.raises(Exception, match="no-such-app"):
+            c.stop_app("no-such-app")
     text = httpx.get(daemon.admin_url + "/metrics").text
     import re
 
@@ -87,6 +89,8 @@ def test_metrics_exposition(daemon: DaemonProcess) -> None:
     assert "vapp_grpc_call_duration_seconds_bucket" in text
     assert re.search(r'vapp_vappc_commands_total\{command="Ping",outcome="ok"\} 1\.0', text), text
     assert "vapp_vappc_command_duration_seconds_bucket" in text
+    # a failed command is counted under its error category, not as ok
+    assert re.search(r'vapp_vappc_commands_total\{command="StopApp",outcome="(Config|Runtime)"\} 1\.0', text), text
     assert 'vapp_http_requests_total{method="GET",route="/v1/info",status="200"}' in text
     assert 'vapp_http_requests_total{method="GET",route="/v1/info",status="401"}' in text
     assert "vapp_http_request_duration_seconds_bucket" in text
