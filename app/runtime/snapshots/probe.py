@@ -48,11 +48,26 @@ def _fuse_works() -> tuple[bool, str]:
     return True, ""
 
 
+_PROBED: dict[tuple[int, bool], tuple[str, str]] = {}
+
+
 def probe_snapshotter(scratch: Path | None = None, *, rootless: bool | None = None) -> tuple[str, str]:
-    """``(name, reason)`` of the best snapshotter available to this process."""
+    """``(name, reason)`` of the best snapshotter available to this process.
+
+    The answer depends on the filesystem and on rootless or not, so it is kept per
+    (device, rootless): the daemon's start-up check and its wiring ask about the
+    same state-dir filesystem and mount a probe overlay once, not twice.
+    """
     rootless = os.geteuid() != 0 if rootless is None else rootless
     scratch = Path(scratch or tempfile.gettempdir())
     scratch.mkdir(parents=True, exist_ok=True)
+    key = (scratch.stat().st_dev, rootless)
+    if key not in _PROBED:
+        _PROBED[key] = _probe(scratch, rootless)
+    return _PROBED[key]
+
+
+def _probe(scratch: Path, rootless: bool) -> tuple[str, str]:
     ok, why = _overlay_works(scratch, rootless)
     if ok:
         return "overlay", "native overlayfs" + (" in a user namespace (userxattr)" if rootless else "")
