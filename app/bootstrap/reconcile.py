@@ -134,9 +134,7 @@ class Reconciler:
                 self.inflight[act.key] = asyncio.create_task(self._start_guarded(act, d), name=f"start {act.key}")
             elif act.mutating:
                 if act.key in self.inflight:  # pruned while starting: cancel the start first
-                    task = self.inflight.pop(act.key)
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+                    await _cancel_and_wait([self.inflight.pop(act.key)])
                 self.emit({"event": "action", **act.to_dict()})
                 await self._do(act, d)
             else:
@@ -160,9 +158,7 @@ class Reconciler:
     async def cancel_inflight(self) -> None:
         tasks = list(self.inflight.values())
         self.inflight.clear()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_and_wait(tasks)
 
     async def converge(self, desired: Sequence[DesiredComponent], *, timeout: float = 300.0,
                        skip_intents: Collection[str] = ()) -> list[Action]:
@@ -346,3 +342,19 @@ def remove_rendered(root: Path) -> None:
         else:
             child.unlink(missing_ok=True)
 
+
+CANCEL_WAIT_SECONDS = 10.0
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = CANCEL_WAIT_SECONDS) -> None:
+    """Cancel starts and wait for them, bounded: a start stuck in clean-up must not hang the loop or shutdown."""
+    for t in tasks:
+        t.cancel()
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for t in done:
+        if not t.cancelled():
+            t.exception()  # retrieved: _start_guarded already reported it
+    for t in pending:
+        log.warning("bootstrap: %s did not finish %.0fs after cancellation; leaving it behind", t.get_name(), timeout)
