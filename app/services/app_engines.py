@@ -38,11 +38,10 @@ class _Images(Protocol):
 
 
 class ImagePullAdapter:
-    """Sums per-blob progress into one done/total figure; remembers pulled image records."""
+    """Sums per-blob progress into one done/total figure (the image store keeps the records)."""
 
     def __init__(self, images: _Images) -> None:
         self.images = images
-        self.records: dict[str, Any] = {}
 
     async def pull(self, ref: str, progress: Callable[[PullStatus], None]) -> None:
         blobs: dict[str, tuple[int, int]] = {}
@@ -56,7 +55,7 @@ class ImagePullAdapter:
                                 f"{ev.status} {ev.digest.removeprefix('sha256:')[:12]} "
                                 f"({finished}/{len(blobs)} blobs)"))
 
-        self.records[ref] = await self.images.pull(ref, on_event)
+        await self.images.pull(ref, on_event)
 
 
 class RootfsMounter(Protocol):
@@ -117,8 +116,7 @@ class ContainerAdapter:
         self.spec_factory = spec_factory  # app.runtime.oci.spec.ContainerSpec
 
     def _image(self, ref: str) -> Any:
-        rec = self.images.records.get(ref)
-        return rec if rec is not None else self.images.images.get(ref)
+        return self.images.images.get(ref)
 
     async def create(self, req: ContainerRequest) -> None:
         from app.services.container_types import CreateRequest
